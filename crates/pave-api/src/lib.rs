@@ -1,0 +1,65 @@
+//! pave's REST API under `/api/v1`: JSON in and out, bearer-token
+//! authentication on everything but health, live progress over SSE, and an
+//! OpenAPI document generated from the handlers.
+
+mod actions;
+mod audit;
+mod auth;
+mod dto;
+mod error;
+mod events;
+mod health;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use pave_engine::Engine;
+
+pub use auth::{hash_token, Actor};
+pub use error::ApiError;
+
+/// Largest request body accepted; larger ones get 413 and change nothing.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The action engine (and through it, the store).
+    pub engine: Engine,
+    /// Renders `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+    /// Set once the engine's worker loop is running.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/actions", post(actions::create).get(actions::list))
+        .route("/actions/{id}", get(actions::get))
+        .route("/actions/{id}/logs", get(actions::logs))
+        .route("/actions/{id}/events", get(events::stream))
+        .route("/actions/{id}/retry", post(actions::retry))
+        .route("/actions/{id}/cancel", post(actions::cancel))
+        .route("/actions/{id}/rollback", post(actions::rollback))
+        .route("/audit", get(audit::list))
+        .route("/audit/verify", get(audit::verify))
+        .route("/whoami", get(auth::whoami))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(error::not_found);
+    let authed = Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .merge(authed)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

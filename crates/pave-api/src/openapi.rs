@@ -1,0 +1,40 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::dto::*;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pave", description = "pave's REST API: actions, their steps and logs, and the audit trail."),
+    paths(
+        crate::actions::create, crate::actions::list, crate::actions::get, crate::actions::logs,
+        crate::actions::retry, crate::actions::cancel, crate::actions::rollback,
+        crate::events::stream, crate::audit::list, crate::audit::verify, crate::auth::whoami,
+    ),
+    components(schemas(CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// The OpenAPI document as JSON.
+pub fn spec() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub(crate) async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(spec())
+}

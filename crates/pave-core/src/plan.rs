@@ -1,0 +1,109 @@
+//! Turns a validated request into the steps of an action. Each action kind is
+//! one function here; later kinds (provision, deploy, …) add theirs.
+
+use serde_json::{json, Value};
+
+use crate::action::{Step, StepState};
+use crate::error::CoreError;
+use crate::job::JobSpec;
+
+/// Action kinds pave can run today.
+pub const KINDS: &[&str] = &["job", "noop"];
+
+/// A planned action: its steps and the object it locks.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The object the action changes (for serialisation of conflicting actions).
+    pub object: String,
+    /// The input after validation and defaults.
+    pub input: Value,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+}
+
+fn step(idx: i64, name: &str, kind: &str, idempotent: bool, spec: Value, undo: Value) -> Step {
+    Step {
+        idx,
+        name: name.to_string(),
+        kind: kind.to_string(),
+        idempotent,
+        state: StepState::Pending,
+        attempt: 0,
+        spec,
+        output: Value::Null,
+        error: None,
+        compensation: undo,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// Validates `input` for `kind` and plans its steps. `action_id` names the
+/// object of actions that have none of their own (a job is its own object).
+pub fn plan(kind: &str, action_id: &str, input: Value) -> Result<Plan, CoreError> {
+    match kind {
+        "job" => {
+            let spec: JobSpec =
+                serde_json::from_value(input).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
+            spec.validate()?;
+            let undo = match &spec.undo {
+                Some(cmd) => json!({
+                    "kind": "run_job",
+                    "spec": JobSpec { command: cmd.clone(), undo: None, ..spec.clone() },
+                }),
+                None => Value::Null,
+            };
+            let input = serde_json::to_value(&spec).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
+            Ok(Plan {
+                object: format!("job/{action_id}"),
+                steps: vec![step(0, "run", "run_job", false, input.clone(), undo)],
+                input,
+            })
+        }
+        "noop" => {
+            if !input.is_null() && input != json!({}) {
+                return Err(CoreError::InvalidInput("a noop action takes no input".into()));
+            }
+            Ok(Plan {
+                object: format!("noop/{action_id}"),
+                steps: vec![step(0, "noop", "noop", true, Value::Null, Value::Null)],
+                input: json!({}),
+            })
+        }
+        other => Err(CoreError::UnknownKind(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_one_non_idempotent_step_locking_itself() {
+        let p = plan("job", "a1", json!({"command": ["echo", "hi"]})).unwrap();
+        assert_eq!(p.object, "job/a1");
+        assert_eq!(p.steps.len(), 1);
+        assert!(!p.steps[0].idempotent);
+        assert!(p.steps[0].compensation.is_null());
+    }
+
+    #[test]
+    fn a_job_with_undo_captures_its_compensation() {
+        let p = plan(
+            "job",
+            "a1",
+            json!({"command": ["touch", "x"], "undo": ["rm", "x"]}),
+        )
+        .unwrap();
+        assert_eq!(p.steps[0].compensation["spec"]["command"], json!(["rm", "x"]));
+    }
+
+    #[test]
+    fn unknown_kind_and_bad_input_are_refused() {
+        assert_eq!(
+            plan("teleport", "a", json!({})).unwrap_err(),
+            CoreError::UnknownKind("teleport".into())
+        );
+        assert!(plan("job", "a", json!({"command": "echo"})).is_err());
+    }
+}

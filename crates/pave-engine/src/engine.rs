@@ -1,0 +1,478 @@
+//! The engine's public face: submit, retry, cancel, rollback; and the worker
+//! loop that claims queued actions and hands them to the runner.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pave_core::action::{ActionError, ActionState, StepState};
+use pave_core::time::now_ms;
+use pave_core::{ids, plan, Action, AuditDraft};
+use pave_store::{ActionUpdate, Batcher, DynStore, OpResult, StepUpdate, StoreError, WriteOp};
+use serde_json::json;
+use tokio::sync::{broadcast, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::AgentHub;
+use crate::error::EngineError;
+use crate::policy::{Decision, Policy, PolicyInput};
+use crate::runner;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Stable id of this control plane (kept in its data directory).
+    pub node_id: String,
+    /// Actions run at once.
+    pub workers: usize,
+    /// How long a claim lasts without renewal; another node takes over after.
+    pub lease: Duration,
+    /// How often the queue is polled when nothing wakes the worker loop.
+    pub poll: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node_id: ids::new_id(),
+            workers: 64,
+            lease: Duration::from_secs(15),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A request to run an action.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Action kind.
+    pub kind: String,
+    /// Environment name.
+    pub env: String,
+    /// Input for the kind.
+    pub input: serde_json::Value,
+    /// Who asks.
+    pub actor: String,
+    /// The client's idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub store: DynStore,
+    pub writer: Batcher,
+    pub config: EngineConfig,
+    pub agents: HashMap<String, AgentHub>,
+    pub policy: Box<dyn Policy>,
+    /// Cancellation tokens of actions this node runs.
+    pub running: Mutex<HashMap<String, CancellationToken>>,
+    /// Wakes the worker loop (new work, a lock released).
+    pub wake: Notify,
+    /// Ids of actions that changed, for live streams.
+    pub changes: broadcast::Sender<String>,
+    /// Stops claiming new work.
+    pub stopping: CancellationToken,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn audit(actor: &str, verb: &str, id: &str, summary: String, details: serde_json::Value) -> WriteOp {
+    WriteOp::Audit(AuditDraft {
+        actor: actor.to_string(),
+        verb: verb.to_string(),
+        object: format!("action/{id}"),
+        summary,
+        details,
+    })
+}
+
+impl Engine {
+    /// Builds an engine over `store` with one agent per target name.
+    pub fn new(
+        store: DynStore,
+        agents: HashMap<String, AgentHub>,
+        policy: Box<dyn Policy>,
+        config: EngineConfig,
+    ) -> Self {
+        let writer = Batcher::spawn(store.clone());
+        let (changes, _) = broadcast::channel(4096);
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                writer,
+                config,
+                agents,
+                policy,
+                running: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                changes,
+                stopping: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The store the engine writes to.
+    pub fn store(&self) -> &DynStore {
+        &self.inner.store
+    }
+
+    /// The group-commit writer, for other writers that want their writes batched.
+    pub fn writer(&self) -> &Batcher {
+        &self.inner.writer
+    }
+
+    /// Ids of actions as they change (state, step or log), for live streams.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Validates, plans, evaluates policy and stores a new action. Returns it and
+    /// whether it was created now (false: the idempotency key matched an earlier one).
+    pub async fn submit(&self, sub: Submission) -> Result<(Action, bool), EngineError> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let env = self
+            .inner
+            .store
+            .get_environment(&sub.env)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("environment `{}`", sub.env)))?;
+        let id = ids::new_id();
+        let planned = plan::plan(&sub.kind, &id, sub.input)?;
+        let decision = self.inner.policy.evaluate(&PolicyInput {
+            actor: &sub.actor,
+            kind: &sub.kind,
+            env: &env.name,
+            env_labels: &env.labels,
+            target: &env.target,
+            input: &planned.input,
+        });
+        let now = now_ms();
+        let (state, error) = match &decision {
+            Decision::Allow => (ActionState::Queued, None),
+            Decision::Deny { reasons } => (
+                ActionState::Denied,
+                Some(ActionError {
+                    step: None,
+                    code: "denied".into(),
+                    message: format!("denied by policy: {}", reasons.join("; ")),
+                    next: vec![],
+                }),
+            ),
+        };
+        let action = Action {
+            id: id.clone(),
+            kind: sub.kind.clone(),
+            env: env.name.clone(),
+            object: planned.object,
+            actor: sub.actor.clone(),
+            input: planned.input,
+            state,
+            attempt: 1,
+            error,
+            result: serde_json::Value::Null,
+            idempotency_key: sub.idempotency_key.clone(),
+            cancel_requested: false,
+            created_at: now,
+            updated_at: now,
+            steps: planned.steps,
+        };
+        let ops = vec![
+            WriteOp::InsertAction(Box::new(action.clone())),
+            audit(
+                &sub.actor,
+                "action.create",
+                &id,
+                format!("{} requested in {}", sub.kind, env.name),
+                json!({ "kind": sub.kind, "env": env.name, "input": action.input }),
+            ),
+            audit(
+                "system",
+                "action.state",
+                &id,
+                format!("requested → {state}"),
+                json!({ "policy": decision }),
+            ),
+        ];
+        let results = self.inner.writer.write(ops).await?;
+        if let Some(OpResult::Existing(existing)) = results.first() {
+            let earlier = self
+                .inner
+                .store
+                .get_action(existing)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(format!("action {existing}")))?;
+            if earlier.kind != action.kind || earlier.input != action.input || earlier.env != action.env {
+                return Err(EngineError::IdempotencyMismatch(
+                    sub.idempotency_key.unwrap_or_default(),
+                ));
+            }
+            return Ok((earlier, false));
+        }
+        metrics::counter!("pave_actions_created_total", "kind" => action.kind.clone()).increment(1);
+        self.changed(&id);
+        Ok((action, true))
+    }
+
+    async fn load(&self, id: &str) -> Result<Action, EngineError> {
+        self.inner
+            .store
+            .get_action(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("action {id}")))
+    }
+
+    /// Queues a failed or cancelled action again, from its first unfinished step.
+    pub async fn retry(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
+        let action = self.load(id).await?;
+        action.state.check("retry", ActionState::RETRYABLE)?;
+        let mut ops = vec![WriteOp::UpdateAction {
+            id: id.to_string(),
+            expect: ActionState::RETRYABLE.to_vec(),
+            set: ActionUpdate {
+                state: Some(ActionState::Queued),
+                error: Some(None),
+                attempt: Some(action.attempt + 1),
+                cancel_requested: Some(false),
+                ..Default::default()
+            },
+        }];
+        for s in &action.steps {
+            if matches!(
+                s.state,
+                StepState::Failed | StepState::Interrupted | StepState::Cancelled | StepState::Running
+            ) {
+                ops.push(WriteOp::UpdateStep {
+                    action_id: id.to_string(),
+                    idx: s.idx,
+                    set: StepUpdate {
+                        state: Some(StepState::Pending),
+                        error: Some(None),
+                        finished_at: Some(None),
+                        ..Default::default()
+                    },
+                });
+            }
+        }
+        ops.push(audit(
+            actor,
+            "action.retry",
+            id,
+            format!("{} → queued (attempt {})", action.state, action.attempt + 1),
+            json!({ "from": action.state, "attempt": action.attempt + 1 }),
+        ));
+        self.inner.writer.write(ops).await?;
+        self.changed(id);
+        self.load(id).await
+    }
+
+    /// Cancels an action: at once if it has not started, else by stopping its
+    /// running step.
+    pub async fn cancel(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
+        let action = self.load(id).await?;
+        action.state.check("cancel", ActionState::CANCELLABLE)?;
+        let not_started = vec![
+            ActionState::Requested,
+            ActionState::AwaitingApproval,
+            ActionState::Queued,
+        ];
+        let immediate = vec![
+            WriteOp::UpdateAction {
+                id: id.to_string(),
+                expect: not_started,
+                set: ActionUpdate {
+                    state: Some(ActionState::Cancelled),
+                    error: Some(Some(ActionError {
+                        step: None,
+                        code: "cancelled".into(),
+                        message: format!("cancelled by {actor} before it started"),
+                        next: vec![format!("pave actions retry {id}")],
+                    })),
+                    release: true,
+                    ..Default::default()
+                },
+            },
+            audit(
+                actor,
+                "action.cancel",
+                id,
+                format!("{} → cancelled", action.state),
+                json!({}),
+            ),
+        ];
+        match self.inner.writer.write(immediate).await {
+            Ok(_) => {}
+            Err(StoreError::Precondition { current, .. }) if current == "running" => {
+                self.inner
+                    .writer
+                    .write(vec![
+                        WriteOp::UpdateAction {
+                            id: id.to_string(),
+                            expect: vec![ActionState::Running],
+                            set: ActionUpdate {
+                                cancel_requested: Some(true),
+                                ..Default::default()
+                            },
+                        },
+                        audit(
+                            actor,
+                            "action.cancel",
+                            id,
+                            "cancel requested while running".into(),
+                            json!({}),
+                        ),
+                    ])
+                    .await?;
+                if let Some(token) = self.token(id) {
+                    token.cancel();
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.changed(id);
+        self.load(id).await
+    }
+
+    /// Undoes what an action did: its finished steps' compensations, last first.
+    pub async fn rollback(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
+        let action = self.load(id).await?;
+        action.state.check("roll back", ActionState::ROLLBACKABLE)?;
+        if !action.compensable_steps().any(|s| !s.compensation.is_null()) {
+            return Err(EngineError::Conflict(format!(
+                "action {id} has nothing to roll back: none of its finished steps can be undone{}",
+                if action.kind == "job" {
+                    " (a job is undoable only when it was given an `undo` command)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        self.inner
+            .writer
+            .write(vec![
+                WriteOp::UpdateAction {
+                    id: id.to_string(),
+                    expect: ActionState::ROLLBACKABLE.to_vec(),
+                    set: ActionUpdate {
+                        state: Some(ActionState::RollingBack),
+                        cancel_requested: Some(false),
+                        ..Default::default()
+                    },
+                },
+                audit(
+                    actor,
+                    "action.rollback",
+                    id,
+                    format!("{} → rolling_back", action.state),
+                    json!({ "from": action.state }),
+                ),
+            ])
+            .await?;
+        self.changed(id);
+        self.load(id).await
+    }
+
+    pub(crate) fn token(&self, id: &str) -> Option<CancellationToken> {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub(crate) fn changed(&self, id: &str) {
+        let _ = self.inner.changes.send(id.to_string());
+        self.inner.wake.notify_one();
+    }
+
+    /// Runs the worker loop until [`Engine::shutdown`]: resumes this node's
+    /// interrupted actions first, then claims queued work. Returns when every
+    /// action it started has finished or `grace` ran out.
+    pub async fn run(&self, grace: Duration) {
+        let slots = Arc::new(Semaphore::new(self.inner.config.workers));
+        let lease_ms = self.inner.config.lease.as_millis() as i64;
+        let renewer = tokio::spawn(self.clone().renew_loop());
+        let mut resume_own = true;
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if self.inner.stopping.is_cancelled() {
+                break;
+            }
+            let free = slots.available_permits();
+            if free > 0 {
+                match self
+                    .inner
+                    .store
+                    .claim(&self.inner.config.node_id, free as i64, lease_ms, resume_own)
+                    .await
+                {
+                    Ok(actions) => {
+                        resume_own = false;
+                        for action in actions {
+                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let engine = self.clone();
+                            tasks.spawn(async move {
+                                runner::run(engine, action).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not claim actions"),
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(self.inner.config.poll) => {}
+                _ = self.inner.stopping.cancelled() => {}
+            }
+        }
+        let running = tasks.len();
+        if running > 0 {
+            tracing::info!(running, "waiting for running actions to finish");
+        }
+        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "shutdown grace ran out; unfinished actions resume when a control plane starts again"
+            );
+        }
+        renewer.abort();
+    }
+
+    /// Stops claiming work; [`Engine::run`] then drains and returns.
+    pub fn shutdown(&self) {
+        self.inner.stopping.cancel();
+    }
+
+    async fn renew_loop(self) {
+        let every = self.inner.config.lease / 3;
+        let lease_ms = self.inner.config.lease.as_millis() as i64;
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .inner
+                .store
+                .renew_leases(&self.inner.config.node_id, lease_ms)
+                .await
+            {
+                Ok(cancels) => {
+                    for id in cancels {
+                        if let Some(t) = self.token(&id) {
+                            t.cancel();
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not renew leases"),
+            }
+        }
+    }
+}

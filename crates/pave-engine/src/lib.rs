@@ -1,0 +1,15 @@
+//! The action engine: accepts requests, plans them into steps, keeps them in a
+//! durable queue, runs their steps through agents, and retries, cancels, rolls
+//! back and resumes them. Every transition is written to the store (and the
+//! audit chain) before it is acted on.
+
+mod agents;
+mod engine;
+mod error;
+mod policy;
+mod runner;
+
+pub use agents::AgentHub;
+pub use engine::{Engine, EngineConfig, Submission};
+pub use error::EngineError;
+pub use policy::{AllowAll, Decision, Policy, PolicyInput};

@@ -1,0 +1,112 @@
+//! pave's persistence: one [`Store`] trait with a SQLite and a PostgreSQL
+//! implementation sharing one schema and one body of SQL.
+//!
+//! Writes go through [`Store::write`] as requests of [`WriteOp`]s. A request is
+//! atomic; several requests share one transaction (group commit, see
+//! [`batch::Batcher`]) so that a durable action costs few commits.
+
+pub mod batch;
+mod error;
+mod model;
+mod sql;
+
+pub use batch::Batcher;
+pub use error::StoreError;
+pub use model::*;
+pub use sql::{PgStore, SqliteStore};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pave_core::{Action, AuditEvent};
+
+/// Result alias for store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything pave keeps.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Applies requests in one transaction, each atomically (in its own
+    /// savepoint): a request that fails is rolled back alone.
+    async fn write(&self, requests: Vec<Vec<WriteOp>>) -> Result<Vec<Result<Vec<OpResult>>>>;
+
+    /// One action with its steps.
+    async fn get_action(&self, id: &str) -> Result<Option<Action>>;
+
+    /// Actions newest first.
+    async fn list_actions(&self, filter: &ActionFilter) -> Result<Vec<Action>>;
+
+    /// Takes up to `limit` runnable actions for `node`: queued ones whose object
+    /// is free, and active ones whose lease ran out (their node died). With
+    /// `resume_own`, also the active actions `node` itself held before a restart.
+    async fn claim(&self, node: &str, limit: i64, lease_ms: i64, resume_own: bool) -> Result<Vec<Action>>;
+
+    /// Extends the leases `node` holds; returns the ids among them that a
+    /// user asked to cancel.
+    async fn renew_leases(&self, node: &str, lease_ms: i64) -> Result<Vec<String>>;
+
+    /// Log lines of an action after `after_seq`, oldest first.
+    async fn logs(&self, action_id: &str, after_seq: i64, limit: i64) -> Result<Vec<LogLine>>;
+
+    /// Highest log sequence number of an action (0 when none).
+    async fn last_log_seq(&self, action_id: &str) -> Result<i64>;
+
+    /// Audit events after `after_seq`, oldest first.
+    async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEvent>>;
+
+    /// The token with this hash, revoked and expired ones included.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
+
+    /// An environment by name.
+    async fn get_environment(&self, name: &str) -> Result<Option<Environment>>;
+
+    /// Measures `n` single-row commits with this store's connection settings,
+    /// each its own transaction; the baseline the engine benchmark compares to.
+    async fn bench_single_row_commits(&self, n: u32) -> Result<std::time::Duration>;
+}
+
+/// A shared store.
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store that `url` names: `sqlite://PATH` or `postgres://…`.
+pub async fn open(url: &str) -> Result<DynStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(SqliteStore::open(std::path::Path::new(path)).await?))
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported database URL (expected sqlite://PATH or postgres://…): {}",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A URL with its password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_password_never_reaches_a_message() {
+        assert_eq!(
+            super::redact_url("postgres://pave:s3cret@db:5432/pave"),
+            "postgres://pave:***@db:5432/pave"
+        );
+        assert_eq!(super::redact_url("sqlite:///tmp/x"), "sqlite:///tmp/x");
+    }
+}

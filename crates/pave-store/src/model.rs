@@ -1,0 +1,150 @@
+//! Records and write operations that are the store's own (the domain records
+//! themselves live in `pave-core`).
+
+use std::collections::BTreeMap;
+
+use pave_core::{Action, ActionError, ActionState, AuditDraft, StepState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One write; see [`crate::Store::write`].
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// A new action with its steps. If its idempotency key is taken, the
+    /// request stops here, is rolled back, and answers [`OpResult::Existing`].
+    InsertAction(Box<Action>),
+    /// Changes an action; with `expect` non-empty, only from those states
+    /// (else the request fails with [`crate::StoreError::Precondition`]).
+    UpdateAction {
+        /// Action id.
+        id: String,
+        /// Allowed current states; empty for any.
+        expect: Vec<ActionState>,
+        /// What to change.
+        set: ActionUpdate,
+    },
+    /// Changes a step.
+    UpdateStep {
+        /// Action id.
+        action_id: String,
+        /// Step index.
+        idx: i64,
+        /// What to change.
+        set: StepUpdate,
+    },
+    /// Appends log lines.
+    AppendLogs(Vec<LogLine>),
+    /// Appends an audit event to the chain.
+    Audit(AuditDraft),
+    /// Stores a new API token.
+    InsertToken(TokenRecord),
+}
+
+/// Fields of an action to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ActionUpdate {
+    /// New state.
+    pub state: Option<ActionState>,
+    /// New error (`Some(None)` clears it).
+    pub error: Option<Option<ActionError>>,
+    /// New result.
+    pub result: Option<Value>,
+    /// New attempt count.
+    pub attempt: Option<i64>,
+    /// Set or clear the cancel request.
+    pub cancel_requested: Option<bool>,
+    /// Give up the lease and the object lock (the action stops being active).
+    pub release: bool,
+}
+
+/// Fields of a step to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct StepUpdate {
+    /// New state.
+    pub state: Option<StepState>,
+    /// New attempt count.
+    pub attempt: Option<i64>,
+    /// Start time (`Some(None)` clears it).
+    pub started_at: Option<Option<i64>>,
+    /// End time (`Some(None)` clears it).
+    pub finished_at: Option<Option<i64>>,
+    /// New output.
+    pub output: Option<Value>,
+    /// New error (`Some(None)` clears it).
+    pub error: Option<Option<ActionError>>,
+}
+
+/// What one [`WriteOp`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    /// Applied.
+    Done,
+    /// The action was inserted.
+    Inserted,
+    /// An action with that idempotency key exists already: this one.
+    Existing(String),
+}
+
+/// One line of an action's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Action id.
+    pub action_id: String,
+    /// Position in the action's log, from 1.
+    pub seq: i64,
+    /// Step index.
+    pub step: i64,
+    /// `stdout`, `stderr` or `system`.
+    pub stream: String,
+    /// Milliseconds since the epoch.
+    pub time: i64,
+    /// The text.
+    pub line: String,
+}
+
+/// Filters for listing actions.
+#[derive(Debug, Clone, Default)]
+pub struct ActionFilter {
+    /// Only in this state.
+    pub state: Option<ActionState>,
+    /// Only of this kind.
+    pub kind: Option<String>,
+    /// Only in this environment.
+    pub env: Option<String>,
+    /// Only older than this id (the cursor).
+    pub before: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// A stored API token. Only the hash of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Token id.
+    pub id: String,
+    /// Name for people.
+    pub name: String,
+    /// Who the token acts as (`admin`).
+    pub subject: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch.
+    pub expires_at: Option<i64>,
+    /// Milliseconds since the epoch.
+    pub revoked_at: Option<i64>,
+}
+
+/// A named place bound to one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    /// Name.
+    pub name: String,
+    /// Target it runs on.
+    pub target: String,
+    /// Labels policy reads.
+    pub labels: BTreeMap<String, String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}

@@ -1,0 +1,807 @@
+//! The SQL behind [`Store`], written once and instantiated for SQLite and
+//! PostgreSQL by `sql_store!`. The schema uses only types both share, and the
+//! SQL only `$N` placeholders, which both accept. The differences are the
+//! pools (SQLite has one writer connection) and row locking clauses.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pave_core::audit::event_hash;
+use pave_core::time::now_ms;
+use pave_core::{Action, ActionError, ActionState, AuditDraft, AuditEvent, Step, StepState};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use crate::model::*;
+use crate::{Result, Store, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const ACTION_COLUMNS: &str = "id, kind, env, object, actor, input, state, attempt, error, result, \
+     idempotency_key, cancel_requested, created_at, updated_at";
+const STEP_COLUMNS: &str = "action_id, idx, name, kind, idempotent, state, attempt, spec, output, \
+     error, compensation, started_at, finished_at";
+
+/// SQLite in WAL mode: one writer connection (SQLite has one writer anyway, and
+/// a single connection avoids lock upgrades failing with SQLITE_BUSY), several readers.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode survives a crash of the process (kill -9);
+            // only a power cut can lose the last commits.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        MIGRATOR.run(&writer).await.map_err(StoreError::Migrate)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+}
+
+/// PostgreSQL: one pool; claims use `FOR UPDATE SKIP LOCKED` so that several
+/// control planes share the queue without running a step twice.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects and applies migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(PgStore { pool })
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+fn parse_json(s: &str, what: &str) -> Result<Value> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn error_text(e: &Option<ActionError>) -> Option<String> {
+    e.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default())
+}
+
+fn parse_error(s: Option<String>) -> Result<Option<ActionError>> {
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("error: {e}"))))
+        .transpose()
+}
+
+fn parse_action_state(s: &str) -> Result<ActionState> {
+    ActionState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("action state `{s}`")))
+}
+
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn scope(actor: &str, key: &str) -> String {
+    format!("{actor}\n{key}")
+}
+
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $name:literal, for_update = $for_update:literal, skip_locked = $skip_locked:literal) => {
+        impl $store {
+            fn action_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Action> {
+                Ok(Action {
+                    id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
+                    env: row.try_get("env")?,
+                    object: row.try_get("object")?,
+                    actor: row.try_get("actor")?,
+                    input: parse_json(&row.try_get::<String, _>("input")?, "input")?,
+                    state: parse_action_state(&row.try_get::<String, _>("state")?)?,
+                    attempt: row.try_get("attempt")?,
+                    error: parse_error(row.try_get("error")?)?,
+                    result: parse_json(&row.try_get::<String, _>("result")?, "result")?,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    steps: Vec::new(),
+                })
+            }
+
+            fn step_from_row(row: &<$db as sqlx::Database>::Row) -> Result<(String, Step)> {
+                let state: String = row.try_get("state")?;
+                Ok((
+                    row.try_get("action_id")?,
+                    Step {
+                        idx: row.try_get("idx")?,
+                        name: row.try_get("name")?,
+                        kind: row.try_get("kind")?,
+                        idempotent: row.try_get::<i64, _>("idempotent")? != 0,
+                        state: StepState::parse(&state)
+                            .ok_or_else(|| StoreError::Corrupt(format!("step state `{state}`")))?,
+                        attempt: row.try_get("attempt")?,
+                        spec: parse_json(&row.try_get::<String, _>("spec")?, "spec")?,
+                        output: parse_json(&row.try_get::<String, _>("output")?, "output")?,
+                        error: parse_error(row.try_get("error")?)?,
+                        compensation: parse_json(
+                            &row.try_get::<String, _>("compensation")?,
+                            "compensation",
+                        )?,
+                        started_at: row.try_get("started_at")?,
+                        finished_at: row.try_get("finished_at")?,
+                    },
+                ))
+            }
+
+            /// Loads the steps of `actions` in one query.
+            async fn attach_steps<'e, E>(executor: E, actions: &mut [Action]) -> Result<()>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                if actions.is_empty() {
+                    return Ok(());
+                }
+                let sql = format!(
+                    "SELECT {STEP_COLUMNS} FROM steps WHERE action_id IN ({}) ORDER BY action_id, idx",
+                    placeholders(1, actions.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for a in actions.iter() {
+                    q = q.bind(a.id.clone());
+                }
+                let rows = q.fetch_all(executor).await?;
+                for row in &rows {
+                    let (action_id, step) = Self::step_from_row(row)?;
+                    if let Some(a) = actions.iter_mut().find(|a| a.id == action_id) {
+                        a.steps.push(step);
+                    }
+                }
+                Ok(())
+            }
+
+            async fn apply_op(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                op: &WriteOp,
+                head: &mut (i64, String),
+            ) -> Result<OpResult> {
+                let now = now_ms();
+                match op {
+                    WriteOp::InsertAction(a) => {
+                        let idem = a.idempotency_key.as_ref().map(|k| scope(&a.actor, k));
+                        if let Some(idem) = &idem {
+                            let existing: Option<(String,)> =
+                                sqlx::query_as("SELECT id FROM actions WHERE idempotency_scope = $1")
+                                    .bind(idem)
+                                    .fetch_optional(&mut *conn)
+                                    .await?;
+                            if let Some((id,)) = existing {
+                                return Ok(OpResult::Existing(id));
+                            }
+                        }
+                        sqlx::query(
+                            "INSERT INTO actions (id, kind, env, object, actor, input, state, attempt, \
+                             error, result, idempotency_key, idempotency_scope, cancel_requested, \
+                             created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                        )
+                        .bind(&a.id)
+                        .bind(&a.kind)
+                        .bind(&a.env)
+                        .bind(&a.object)
+                        .bind(&a.actor)
+                        .bind(json_text(&a.input))
+                        .bind(a.state.as_str())
+                        .bind(a.attempt)
+                        .bind(error_text(&a.error))
+                        .bind(json_text(&a.result))
+                        .bind(&a.idempotency_key)
+                        .bind(idem)
+                        .bind(a.cancel_requested as i64)
+                        .bind(a.created_at)
+                        .bind(a.updated_at)
+                        .execute(&mut *conn)
+                        .await?;
+                        for s in &a.steps {
+                            sqlx::query(
+                                "INSERT INTO steps (action_id, idx, name, kind, idempotent, state, attempt, \
+                                 spec, output, error, compensation, started_at, finished_at) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                            )
+                            .bind(&a.id)
+                            .bind(s.idx)
+                            .bind(&s.name)
+                            .bind(&s.kind)
+                            .bind(s.idempotent as i64)
+                            .bind(s.state.as_str())
+                            .bind(s.attempt)
+                            .bind(json_text(&s.spec))
+                            .bind(json_text(&s.output))
+                            .bind(error_text(&s.error))
+                            .bind(json_text(&s.compensation))
+                            .bind(s.started_at)
+                            .bind(s.finished_at)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                        Ok(OpResult::Inserted)
+                    }
+                    WriteOp::UpdateAction { id, expect, set } => {
+                        let current: Option<(String,)> = sqlx::query_as(concat!(
+                            "SELECT state FROM actions WHERE id = $1",
+                            $for_update
+                        ))
+                        .bind(id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                        let Some((current,)) = current else {
+                            return Err(StoreError::NotFound(format!("action {id}")));
+                        };
+                        let current = parse_action_state(&current)?;
+                        if !expect.is_empty() && !expect.contains(&current) {
+                            return Err(StoreError::Precondition {
+                                object: format!("action {id}"),
+                                current: current.to_string(),
+                                expected: expect
+                                    .iter()
+                                    .map(|s| s.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" or "),
+                            });
+                        }
+                        sqlx::query(
+                            "UPDATE actions SET \
+                             state = COALESCE($2, state), \
+                             error = CASE WHEN $3 = 1 THEN $4 ELSE error END, \
+                             result = COALESCE($5, result), \
+                             attempt = COALESCE($6, attempt), \
+                             cancel_requested = COALESCE($7, cancel_requested), \
+                             lease_owner = CASE WHEN $8 = 1 THEN NULL ELSE lease_owner END, \
+                             lease_until = CASE WHEN $8 = 1 THEN NULL ELSE lease_until END, \
+                             updated_at = $9 \
+                             WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(set.state.map(|s| s.as_str()))
+                        .bind(set.error.is_some() as i64)
+                        .bind(set.error.as_ref().and_then(error_text))
+                        .bind(set.result.as_ref().map(json_text))
+                        .bind(set.attempt)
+                        .bind(set.cancel_requested.map(|c| c as i64))
+                        .bind(set.release as i64)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        if set.release {
+                            sqlx::query("DELETE FROM object_locks WHERE action_id = $1")
+                                .bind(id)
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::UpdateStep { action_id, idx, set } => {
+                        let r = sqlx::query(
+                            "UPDATE steps SET \
+                             state = COALESCE($3, state), \
+                             attempt = COALESCE($4, attempt), \
+                             started_at = CASE WHEN $5 = 1 THEN $6 ELSE started_at END, \
+                             finished_at = CASE WHEN $7 = 1 THEN $8 ELSE finished_at END, \
+                             output = COALESCE($9, output), \
+                             error = CASE WHEN $10 = 1 THEN $11 ELSE error END \
+                             WHERE action_id = $1 AND idx = $2",
+                        )
+                        .bind(action_id)
+                        .bind(idx)
+                        .bind(set.state.map(|s| s.as_str()))
+                        .bind(set.attempt)
+                        .bind(set.started_at.is_some() as i64)
+                        .bind(set.started_at.flatten())
+                        .bind(set.finished_at.is_some() as i64)
+                        .bind(set.finished_at.flatten())
+                        .bind(set.output.as_ref().map(json_text))
+                        .bind(set.error.is_some() as i64)
+                        .bind(set.error.as_ref().and_then(error_text))
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("step {idx} of action {action_id}")));
+                        }
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::AppendLogs(lines) => {
+                        // Multi-row inserts in chunks keep each statement under
+                        // both databases' parameter limits.
+                        for chunk in lines.chunks(100) {
+                            let values: Vec<String> = (0..chunk.len())
+                                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
+                                .collect();
+                            let sql = format!(
+                                "INSERT INTO action_logs (action_id, seq, step, stream, time, line) VALUES {}",
+                                values.join(", ")
+                            );
+                            let mut q = sqlx::query(AssertSqlSafe(sql));
+                            for l in chunk {
+                                q = q
+                                    .bind(l.action_id.clone())
+                                    .bind(l.seq)
+                                    .bind(l.step)
+                                    .bind(l.stream.clone())
+                                    .bind(l.time)
+                                    .bind(l.line.clone());
+                            }
+                            q.execute(&mut *conn).await?;
+                        }
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::Audit(draft) => {
+                        Self::append_audit(conn, draft, head, now).await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::InsertToken(t) => {
+                        sqlx::query(
+                            "INSERT INTO tokens (id, name, subject, hash, created_at, expires_at, revoked_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        )
+                        .bind(&t.id)
+                        .bind(&t.name)
+                        .bind(&t.subject)
+                        .bind(&t.hash)
+                        .bind(t.created_at)
+                        .bind(t.expires_at)
+                        .bind(t.revoked_at)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                }
+            }
+
+            async fn append_audit(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                d: &AuditDraft,
+                head: &mut (i64, String),
+                now: i64,
+            ) -> Result<()> {
+                let seq = head.0 + 1;
+                let details = d.details.to_string();
+                let hash = event_hash(seq, now, &d.actor, &d.verb, &d.object, &d.summary, &details, &head.1);
+                sqlx::query(
+                    "INSERT INTO audit_events (seq, time, actor, verb, object, summary, details, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(seq)
+                .bind(now)
+                .bind(&d.actor)
+                .bind(&d.verb)
+                .bind(&d.object)
+                .bind(&d.summary)
+                .bind(details)
+                .bind(&head.1)
+                .bind(&hash)
+                .execute(&mut *conn)
+                .await?;
+                *head = (seq, hash);
+                Ok(())
+            }
+
+            async fn read_head(conn: &mut <$db as sqlx::Database>::Connection) -> Result<(i64, String)> {
+                let row: (i64, String) = sqlx::query_as(concat!(
+                    "SELECT seq, hash FROM audit_head WHERE id = 1",
+                    $for_update
+                ))
+                .fetch_one(&mut *conn)
+                .await?;
+                Ok(row)
+            }
+
+            async fn write_head(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                head: &(i64, String),
+            ) -> Result<()> {
+                sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                    .bind(head.0)
+                    .bind(&head.1)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $name
+            }
+
+            async fn write(&self, requests: Vec<Vec<WriteOp>>) -> Result<Vec<Result<Vec<OpResult>>>> {
+                let mut tx = self.writer().begin().await?;
+                let needs_head = requests.iter().flatten().any(|op| matches!(op, WriteOp::Audit(_)));
+                let mut head = if needs_head {
+                    Self::read_head(&mut tx).await?
+                } else {
+                    (0, String::new())
+                };
+                let start_head = head.0;
+                let mut answers = Vec::with_capacity(requests.len());
+                for request in &requests {
+                    let saved = head.clone();
+                    let mut sp = Connection::begin(&mut *tx).await?;
+                    let mut results = Vec::with_capacity(request.len());
+                    let mut outcome: Result<()> = Ok(());
+                    let mut keep = true;
+                    for op in request {
+                        match Self::apply_op(&mut sp, op, &mut head).await {
+                            Ok(OpResult::Existing(id)) => {
+                                // Idempotent replay: nothing of this request is written.
+                                results.clear();
+                                results.push(OpResult::Existing(id));
+                                keep = false;
+                                break;
+                            }
+                            Ok(r) => results.push(r),
+                            Err(e) => {
+                                outcome = Err(e);
+                                keep = false;
+                                break;
+                            }
+                        }
+                    }
+                    if keep {
+                        sp.commit().await?;
+                    } else {
+                        sp.rollback().await?;
+                        head = saved;
+                    }
+                    answers.push(outcome.map(|_| results));
+                }
+                if needs_head && head.0 != start_head {
+                    Self::write_head(&mut tx, &head).await?;
+                }
+                tx.commit().await?;
+                Ok(answers)
+            }
+
+            async fn get_action(&self, id: &str) -> Result<Option<Action>> {
+                let sql = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let mut actions = vec![Self::action_from_row(&row)?];
+                Self::attach_steps(self.reader(), &mut actions).await?;
+                Ok(actions.pop())
+            }
+
+            async fn list_actions(&self, f: &ActionFilter) -> Result<Vec<Action>> {
+                let mut sql = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE 1 = 1");
+                let mut n = 0;
+                let mut next = || {
+                    n += 1;
+                    n
+                };
+                if f.state.is_some() {
+                    sql.push_str(&format!(" AND state = ${}", next()));
+                }
+                if f.kind.is_some() {
+                    sql.push_str(&format!(" AND kind = ${}", next()));
+                }
+                if f.env.is_some() {
+                    sql.push_str(&format!(" AND env = ${}", next()));
+                }
+                if f.before.is_some() {
+                    sql.push_str(&format!(" AND id < ${}", next()));
+                }
+                sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                if let Some(s) = f.state {
+                    q = q.bind(s.as_str());
+                }
+                if let Some(k) = &f.kind {
+                    q = q.bind(k.clone());
+                }
+                if let Some(e) = &f.env {
+                    q = q.bind(e.clone());
+                }
+                if let Some(b) = &f.before {
+                    q = q.bind(b.clone());
+                }
+                q = q.bind(f.limit);
+                let rows = q.fetch_all(self.reader()).await?;
+                let mut actions = rows
+                    .iter()
+                    .map(Self::action_from_row)
+                    .collect::<Result<Vec<_>>>()?;
+                Self::attach_steps(self.reader(), &mut actions).await?;
+                Ok(actions)
+            }
+
+            async fn claim(
+                &self,
+                node: &str,
+                limit: i64,
+                lease_ms: i64,
+                resume_own: bool,
+            ) -> Result<Vec<Action>> {
+                let now = now_ms();
+                let mut tx = self.writer().begin().await?;
+                let candidates: Vec<(String, String, String)> = sqlx::query_as(concat!(
+                    "SELECT id, state, object FROM actions \
+                     WHERE state = 'queued' \
+                        OR (state IN ('running', 'rolling_back') \
+                            AND (lease_until < $1 OR ($2 = 1 AND lease_owner = $3))) \
+                     ORDER BY id LIMIT $4",
+                    $skip_locked
+                ))
+                .bind(now)
+                .bind(resume_own as i64)
+                .bind(node)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut head: Option<(i64, String)> = None;
+                let mut claimed = Vec::new();
+                for (id, state, object) in candidates {
+                    // The object lock: taken unless another action holds it.
+                    sqlx::query(
+                        "INSERT INTO object_locks (object, action_id) VALUES ($1, $2) \
+                         ON CONFLICT (object) DO NOTHING",
+                    )
+                    .bind(&object)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let (holder,): (String,) =
+                        sqlx::query_as("SELECT action_id FROM object_locks WHERE object = $1")
+                            .bind(&object)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if holder != id {
+                        continue;
+                    }
+                    let resumed = state != "queued";
+                    let new_state = if resumed { state.clone() } else { "running".to_string() };
+                    sqlx::query(
+                        "UPDATE actions SET state = $2, lease_owner = $3, lease_until = $4, updated_at = $5 \
+                         WHERE id = $1",
+                    )
+                    .bind(&id)
+                    .bind(&new_state)
+                    .bind(node)
+                    .bind(now + lease_ms)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if head.is_none() {
+                        head = Some(Self::read_head(&mut tx).await?);
+                    }
+                    if let Some(h) = head.as_mut() {
+                        let (verb, summary) = if resumed {
+                            ("action.resume", format!("resumed by node {node} after a restart"))
+                        } else {
+                            ("action.state", "queued → running".to_string())
+                        };
+                        let draft = AuditDraft {
+                            actor: "system".into(),
+                            verb: verb.into(),
+                            object: format!("action/{id}"),
+                            summary,
+                            details: serde_json::json!({ "node": node, "state": new_state }),
+                        };
+                        Self::append_audit(&mut tx, &draft, h, now).await?;
+                    }
+                    claimed.push(id);
+                }
+                if let Some(h) = &head {
+                    Self::write_head(&mut tx, h).await?;
+                }
+                let mut actions = Vec::with_capacity(claimed.len());
+                if !claimed.is_empty() {
+                    let sql = format!(
+                        "SELECT {ACTION_COLUMNS} FROM actions WHERE id IN ({}) ORDER BY id",
+                        placeholders(1, claimed.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for id in &claimed {
+                        q = q.bind(id.clone());
+                    }
+                    for row in q.fetch_all(&mut *tx).await? {
+                        actions.push(Self::action_from_row(&row)?);
+                    }
+                    Self::attach_steps(&mut *tx, &mut actions).await?;
+                }
+                tx.commit().await?;
+                Ok(actions)
+            }
+
+            async fn renew_leases(&self, node: &str, lease_ms: i64) -> Result<Vec<String>> {
+                let now = now_ms();
+                sqlx::query(
+                    "UPDATE actions SET lease_until = $2 \
+                     WHERE lease_owner = $1 AND state IN ('running', 'rolling_back')",
+                )
+                .bind(node)
+                .bind(now + lease_ms)
+                .execute(self.writer())
+                .await?;
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT id FROM actions WHERE lease_owner = $1 AND cancel_requested = 1 \
+                     AND state IN ('running', 'rolling_back')",
+                )
+                .bind(node)
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn logs(&self, action_id: &str, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {
+                let rows: Vec<(String, i64, i64, String, i64, String)> = sqlx::query_as(
+                    "SELECT action_id, seq, step, stream, time, line FROM action_logs \
+                     WHERE action_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(action_id)
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(action_id, seq, step, stream, time, line)| LogLine {
+                        action_id,
+                        seq,
+                        step,
+                        stream,
+                        time,
+                        line,
+                    })
+                    .collect())
+            }
+
+            async fn last_log_seq(&self, action_id: &str) -> Result<i64> {
+                let (seq,): (Option<i64>,) =
+                    sqlx::query_as("SELECT MAX(seq) FROM action_logs WHERE action_id = $1")
+                        .bind(action_id)
+                        .fetch_one(self.writer())
+                        .await?;
+                Ok(seq.unwrap_or(0))
+            }
+
+            async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEvent>> {
+                let rows = sqlx::query(
+                    "SELECT seq, time, actor, verb, object, summary, details, prev_hash, hash \
+                     FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let details: String = r.try_get("details")?;
+                        Ok(AuditEvent {
+                            seq: r.try_get("seq")?,
+                            time: r.try_get("time")?,
+                            actor: r.try_get("actor")?,
+                            verb: r.try_get("verb")?,
+                            object: r.try_get("object")?,
+                            summary: r.try_get("summary")?,
+                            // Kept verbatim when it is not JSON any more, so that
+                            // verification reports the edit instead of failing to read.
+                            details: serde_json::from_str(&details).unwrap_or(Value::String(details)),
+                            prev_hash: r.try_get("prev_hash")?,
+                            hash: r.try_get("hash")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+                let row: Option<(String, String, String, String, i64, Option<i64>, Option<i64>)> =
+                    sqlx::query_as(
+                        "SELECT id, name, subject, hash, created_at, expires_at, revoked_at \
+                         FROM tokens WHERE hash = $1",
+                    )
+                    .bind(hash)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.map(|(id, name, subject, hash, created_at, expires_at, revoked_at)| {
+                    TokenRecord { id, name, subject, hash, created_at, expires_at, revoked_at }
+                }))
+            }
+
+            async fn get_environment(&self, name: &str) -> Result<Option<Environment>> {
+                let row: Option<(String, String, String, i64)> = sqlx::query_as(
+                    "SELECT name, target, labels, created_at FROM environments WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_optional(self.reader())
+                .await?;
+                row.map(|(name, target, labels, created_at)| {
+                    Ok(Environment {
+                        name,
+                        target,
+                        labels: serde_json::from_str(&labels)
+                            .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?,
+                        created_at,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn bench_single_row_commits(&self, n: u32) -> Result<Duration> {
+                sqlx::query("CREATE TABLE IF NOT EXISTS bench_commits (id BIGINT PRIMARY KEY, v TEXT NOT NULL)")
+                    .execute(self.writer())
+                    .await?;
+                sqlx::query("DELETE FROM bench_commits").execute(self.writer()).await?;
+                let started = Instant::now();
+                for i in 0..n {
+                    sqlx::query("INSERT INTO bench_commits (id, v) VALUES ($1, $2)")
+                        .bind(i as i64)
+                        .bind("x")
+                        .execute(self.writer())
+                        .await?;
+                }
+                let took = started.elapsed();
+                sqlx::query("DROP TABLE bench_commits").execute(self.writer()).await?;
+                Ok(took)
+            }
+        }
+    };
+}
+
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "sqlite",
+    for_update = "",
+    skip_locked = ""
+);
+sql_store!(
+    PgStore,
+    sqlx::Postgres,
+    "postgres",
+    for_update = " FOR UPDATE",
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+);

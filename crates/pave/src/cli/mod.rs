@@ -1,0 +1,159 @@
+//! The command line: one clap definition per verb group, and the dispatcher.
+
+mod actions;
+mod audit;
+mod login;
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit;
+
+/// pave: the execution internal developer platform.
+#[derive(Debug, Parser)]
+#[command(name = "pave", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    /// For people.
+    #[default]
+    Table,
+    /// For scripts.
+    Json,
+    /// For people who like YAML.
+    Yaml,
+}
+
+/// Where the server is and who we are.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Server URL (default: the saved login, else http://127.0.0.1:7860).
+    #[arg(long, env = "PAVE_SERVER", global = true)]
+    pub server: Option<String>,
+    /// API token (default: the saved login).
+    #[arg(long, env = "PAVE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane.
+    Serve(ServeArgs),
+    /// Run a command once on a target, as a `job` action.
+    Run(run::RunArgs),
+    /// Inspect and steer actions.
+    #[command(subcommand)]
+    Actions(actions::ActionsCmd),
+    /// Read and verify the audit trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Save a server URL and token for later commands.
+    Login(login::LoginArgs),
+    /// Print the version of this binary and of its agent protocol.
+    Version(login::VersionArgs),
+}
+
+/// `pave serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the API listener.
+    #[arg(long, env = "PAVE_LISTEN", default_value = "127.0.0.1:7860")]
+    pub listen: SocketAddr,
+    /// Where pave keeps its database, keys and work directories.
+    #[arg(long, env = "PAVE_DATA_DIR", default_value = "./pave-data")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL; default a SQLite file in the data directory.
+    #[arg(long, env = "PAVE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "PAVE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Actions run at once.
+    #[arg(long, env = "PAVE_WORKERS", default_value_t = 64)]
+    pub workers: usize,
+    /// On SIGTERM, how long running steps may take to finish.
+    #[arg(long, env = "PAVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+pub async fn dispatch(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Serve(args) => match crate::serve::run(args).await {
+            Ok(()) => Ok(exit::OK),
+            Err(e) => Err(e),
+        },
+        Command::Run(args) => run::run(args).await,
+        Command::Actions(cmd) => actions::run(cmd).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Login(args) => login::login(args).await,
+        Command::Version(args) => login::version(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = crate::client::exit_code_of(&e);
+            eprintln!("error: {e:#}");
+            code
+        }
+    }
+}
+
+/// A log line as the API returns it.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct LogLineView {
+    pub seq: i64,
+    pub step: i64,
+    pub stream: String,
+    pub time: i64,
+    pub line: String,
+}
+
+/// `--wait` and its display, shared by every mutating verb.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Follow the action until it ends, showing steps and log lines; exit with its outcome.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// After a mutating request: print the action (or follow it with --wait) and
+/// pick the exit code.
+pub async fn finish_mutation(
+    client: &crate::client::Client,
+    action: pave_core::Action,
+    wait: bool,
+    format: Format,
+) -> anyhow::Result<i32> {
+    if !wait {
+        if !crate::output::structured(format, &action)? {
+            println!("action {} {}", action.id, action.state);
+        }
+        return Ok(if action.state.is_terminal() {
+            exit::for_state(action.state)
+        } else {
+            exit::OK
+        });
+    }
+    let table = format == Format::Table;
+    let opts = crate::watch::WatchOpts {
+        logs: table,
+        progress: table && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let done = crate::watch::follow(client, &action.id, opts).await?;
+    if !crate::output::structured(format, &done)? {
+        crate::watch::summary(&done);
+    }
+    Ok(exit::for_state(done.state))
+}

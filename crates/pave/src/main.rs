@@ -1,0 +1,36 @@
+//! `pave`: the control plane (`pave serve`) and the command-line client, in one binary.
+
+mod cli;
+mod client;
+mod config;
+mod exit;
+mod output;
+mod serve;
+mod watch;
+
+use clap::Parser;
+
+fn main() {
+    // reqwest and sqlx both bring rustls; with two crypto providers compiled in,
+    // one must be chosen before any TLS is used.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            std::process::exit(exit::ERROR);
+        }
+    };
+    let code = runtime.block_on(cli::dispatch(args));
+    // Background tasks (stream readers, the engine) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}

@@ -1,0 +1,251 @@
+//! `pave serve`: the control plane.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pave_agent::embedded::AgentDirs;
+use pave_core::time::now_ms;
+use pave_core::{ids, AuditDraft};
+use pave_engine::{AgentHub, AllowAll, Engine, EngineConfig};
+use pave_store::{TokenRecord, WriteOp};
+
+use crate::cli::ServeArgs;
+
+/// A held lock on the data directory, released when the process ends.
+struct DataDirLock(#[allow(dead_code)] std::fs::File);
+
+#[allow(unsafe_code)]
+fn lock_data_dir(dir: &Path) -> anyhow::Result<DataDirLock> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("pave.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("could not open {}", path.display()))?;
+    // SAFETY: flock(2) on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another pave serve is using the data directory {} (its lock {} is held)",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(DataDirLock(f))
+}
+
+fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not create {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads a file created on first start, creating it with `make` if missing.
+fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok((s.trim().to_string(), false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = make();
+            write_secret_file(path, &value)?;
+            Ok((value, true))
+        }
+        Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
+/// Everything `serve` sets up before it listens; shared with the benchmark.
+pub struct ControlPlane {
+    pub engine: Engine,
+    pub data_dir: PathBuf,
+    _lock: DataDirLock,
+}
+
+/// Opens the data directory and store, and starts the embedded agent and the engine.
+pub async fn start(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    workers: usize,
+) -> anyhow::Result<ControlPlane> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("could not create data directory {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let lock = lock_data_dir(data_dir)?;
+    let (node_id, _) = read_or_create(&data_dir.join("node.id"), ids::new_id)?;
+    // The vault's master key; credentials are encrypted with it from the governance work on.
+    read_or_create(&data_dir.join("master.key"), || random_hex(32))?;
+
+    let url = match database_url {
+        Some(u) => u.to_string(),
+        None => format!("sqlite://{}", data_dir.join("pave.db").display()),
+    };
+    let store = pave_store::open(&url)
+        .await
+        .with_context(|| format!("could not open the store at {}", pave_store::redact_url(&url)))?;
+
+    let agent = pave_agent::spawn_embedded(AgentDirs {
+        work_dir: data_dir.join("work"),
+        state_dir: data_dir.join("agent"),
+    })
+    .context("could not start the embedded agent")?;
+    let mut agents = HashMap::new();
+    agents.insert("local".to_string(), AgentHub::start(agent).await);
+    let engine = Engine::new(
+        store,
+        agents,
+        Box::new(AllowAll),
+        EngineConfig {
+            node_id,
+            workers,
+            ..EngineConfig::default()
+        },
+    );
+    Ok(ControlPlane {
+        engine,
+        data_dir: data_dir.to_path_buf(),
+        _lock: lock,
+    })
+}
+
+/// Creates the admin token on first start: stored as a hash, the secret written
+/// to `admin.token` (0600) and printed once.
+async fn ensure_admin_token(cp: &ControlPlane) -> anyhow::Result<()> {
+    let path = cp.data_dir.join("admin.token");
+    if path.exists() {
+        return Ok(());
+    }
+    let secret = ids::new_secret_token();
+    let record = TokenRecord {
+        id: ids::new_id(),
+        name: "admin (created on first start)".into(),
+        subject: "admin".into(),
+        hash: pave_api::hash_token(&secret),
+        created_at: now_ms(),
+        expires_at: None,
+        revoked_at: None,
+    };
+    let id = record.id.clone();
+    cp.engine
+        .writer()
+        .write(vec![
+            WriteOp::InsertToken(record),
+            WriteOp::Audit(AuditDraft {
+                actor: "system".into(),
+                verb: "token.create".into(),
+                object: format!("token/{id}"),
+                summary: "admin token created on first start".into(),
+                details: serde_json::json!({ "subject": "admin" }),
+            }),
+        ])
+        .await?;
+    write_secret_file(&path, &format!("{secret}\n"))?;
+    println!(
+        "Admin token (shown once; also saved to {}):\n  {secret}",
+        path.display()
+    );
+    Ok(())
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PAVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => bail!("--log-format must be text or json, not `{other}`"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        std::future::pending::<()>().await;
+        return "";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    init_logging(&args.log_format)?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!(error = %e, "metrics disabled"))
+        .ok();
+    let cp = start(&args.data_dir, args.database_url.as_deref(), args.workers).await?;
+    ensure_admin_token(&cp).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = pave_api::router(pave_api::AppState {
+        engine: cp.engine.clone(),
+        metrics,
+        ready: ready.clone(),
+    });
+    let engine = cp.engine.clone();
+    let grace = args.shutdown_grace;
+    let worker = tokio::spawn(async move { engine.run(grace).await });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        listen = %args.listen,
+        store = cp.engine.store().backend(),
+        data_dir = %cp.data_dir.display(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "pave is ready"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_http = stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop_http.cancelled().await })
+            .await
+    });
+    let signal = shutdown_signal().await;
+    tracing::info!(
+        signal,
+        "shutting down: no new work is claimed; running steps may finish"
+    );
+    ready.store(false, Ordering::Relaxed);
+    cp.engine.shutdown();
+    if let Err(e) = worker.await {
+        tracing::error!(error = %e, "engine stopped abnormally");
+    }
+    stop.cancel();
+    // Open event streams would hold the HTTP server forever; they get a moment to close.
+    if tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .is_err()
+    {
+        tracing::info!("closing remaining connections");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
