@@ -571,7 +571,8 @@ macro_rules! sql_store {
                     "SELECT id, state, object FROM actions \
                      WHERE state = 'queued' \
                         OR (state IN ('running', 'rolling_back') \
-                            AND (lease_until < $1 OR ($2 = 1 AND lease_owner = $3))) \
+                            AND (lease_until IS NULL OR lease_until < $1 \
+                                 OR ($2 = 1 AND lease_owner = $3))) \
                      ORDER BY id LIMIT $4",
                     $skip_locked
                 ))

@@ -1,0 +1,435 @@
+//! One suite, run against both stores: SQLite in a temp dir and a fresh
+//! PostgreSQL database.
+
+use std::sync::Arc;
+
+use pave_core::action::{ActionState, StepState};
+use pave_core::audit::{verify_chain, GENESIS_HASH};
+use pave_core::{ids, plan, Action, AuditDraft};
+use pave_store::*;
+use serde_json::json;
+
+fn new_action(actor: &str, key: Option<&str>, object: Option<&str>) -> Action {
+    let id = ids::new_id();
+    let p = plan::plan("job", &id, json!({"command": ["true"]})).unwrap();
+    Action {
+        id,
+        kind: "job".into(),
+        env: "local".into(),
+        object: object.map(str::to_string).unwrap_or(p.object),
+        actor: actor.into(),
+        input: p.input,
+        state: ActionState::Queued,
+        attempt: 1,
+        error: None,
+        result: serde_json::Value::Null,
+        idempotency_key: key.map(str::to_string),
+        cancel_requested: false,
+        created_at: 1,
+        updated_at: 1,
+        steps: p.steps,
+    }
+}
+
+fn audit(summary: &str) -> WriteOp {
+    WriteOp::Audit(AuditDraft {
+        actor: "t".into(),
+        verb: "test".into(),
+        object: "x".into(),
+        summary: summary.into(),
+        details: json!({"s": summary}),
+    })
+}
+
+async fn one(store: &DynStore, ops: Vec<WriteOp>) -> Result<Vec<OpResult>> {
+    store.write(vec![ops]).await.unwrap().pop().unwrap()
+}
+
+async fn audit_len(store: &DynStore) -> usize {
+    store.audit_page(0, 10_000).await.unwrap().len()
+}
+
+async fn actions_round_trip_with_their_steps(store: DynStore) {
+    let a = new_action("alice", None, None);
+    one(
+        &store,
+        vec![WriteOp::InsertAction(Box::new(a.clone())), audit("create")],
+    )
+    .await
+    .unwrap();
+    let got = store.get_action(&a.id).await.unwrap().unwrap();
+    assert_eq!(got, a);
+    assert!(store.get_action("nope").await.unwrap().is_none());
+}
+
+async fn an_idempotency_key_returns_the_first_action_and_writes_nothing(store: DynStore) {
+    let a = new_action("alice", Some("k1"), None);
+    one(
+        &store,
+        vec![WriteOp::InsertAction(Box::new(a.clone())), audit("create")],
+    )
+    .await
+    .unwrap();
+    let before = audit_len(&store).await;
+    let b = new_action("alice", Some("k1"), None);
+    let r = one(
+        &store,
+        vec![WriteOp::InsertAction(Box::new(b.clone())), audit("create again")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, vec![OpResult::Existing(a.id.clone())]);
+    assert!(store.get_action(&b.id).await.unwrap().is_none());
+    assert_eq!(
+        audit_len(&store).await,
+        before,
+        "the replay's audit event was written"
+    );
+    // Another actor's key is theirs.
+    let c = new_action("bob", Some("k1"), None);
+    assert_eq!(
+        one(&store, vec![WriteOp::InsertAction(Box::new(c))])
+            .await
+            .unwrap(),
+        vec![OpResult::Inserted]
+    );
+}
+
+async fn a_failed_precondition_rolls_back_only_its_request(store: DynStore) {
+    let a = new_action("alice", None, None);
+    one(&store, vec![WriteOp::InsertAction(Box::new(a.clone()))])
+        .await
+        .unwrap();
+    let before = audit_len(&store).await;
+    let answers = store
+        .write(vec![
+            vec![
+                audit("would be rolled back"),
+                WriteOp::UpdateAction {
+                    id: a.id.clone(),
+                    expect: vec![ActionState::Failed],
+                    set: ActionUpdate {
+                        state: Some(ActionState::Queued),
+                        ..Default::default()
+                    },
+                },
+            ],
+            vec![audit("kept")],
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(answers[0], Err(StoreError::Precondition { .. })),
+        "{:?}",
+        answers[0]
+    );
+    assert!(answers[1].is_ok());
+    let events = store.audit_page(0, 10_000).await.unwrap();
+    assert_eq!(events.len(), before + 1);
+    assert_eq!(events.last().unwrap().summary, "kept");
+    verify_chain(GENESIS_HASH, 1, &events).unwrap();
+}
+
+async fn claims_respect_the_object_lock_and_its_release(store: DynStore) {
+    let first = new_action("alice", None, Some("workload/web"));
+    let second = new_action("alice", None, Some("workload/web"));
+    let other = new_action("alice", None, Some("workload/db"));
+    for a in [&first, &second, &other] {
+        one(&store, vec![WriteOp::InsertAction(Box::new(a.clone()))])
+            .await
+            .unwrap();
+    }
+    let claimed: Vec<String> = store
+        .claim("n1", 10, 60_000, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(claimed, vec![first.id.clone(), other.id.clone()]);
+    assert!(store.claim("n1", 10, 60_000, false).await.unwrap().is_empty());
+    one(
+        &store,
+        vec![WriteOp::UpdateAction {
+            id: first.id.clone(),
+            expect: vec![],
+            set: ActionUpdate {
+                state: Some(ActionState::Succeeded),
+                release: true,
+                ..Default::default()
+            },
+        }],
+    )
+    .await
+    .unwrap();
+    let claimed = store.claim("n1", 10, 60_000, false).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, second.id);
+    assert_eq!(claimed[0].state, ActionState::Running);
+    assert_eq!(claimed[0].steps.len(), 1);
+}
+
+async fn an_expired_lease_is_taken_over_and_a_live_one_is_not(store: DynStore) {
+    let a = new_action("alice", None, None);
+    one(&store, vec![WriteOp::InsertAction(Box::new(a.clone()))])
+        .await
+        .unwrap();
+    assert_eq!(store.claim("n1", 10, 60_000, false).await.unwrap().len(), 1);
+    assert!(
+        store.claim("n2", 10, 60_000, false).await.unwrap().is_empty(),
+        "a live lease was stolen"
+    );
+    // The same node resumes its own actions after a restart.
+    assert_eq!(store.claim("n1", 10, 60_000, true).await.unwrap().len(), 1);
+    // A lease of 0 ms has expired at once: another node may take it.
+    let b = new_action("alice", None, None);
+    one(&store, vec![WriteOp::InsertAction(Box::new(b.clone()))])
+        .await
+        .unwrap();
+    assert_eq!(store.claim("n3", 10, -1, false).await.unwrap().len(), 1);
+    let taken = store.claim("n4", 10, 60_000, false).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].id, b.id);
+}
+
+async fn concurrent_claimers_never_get_the_same_action(store: DynStore) {
+    let n = 60;
+    for _ in 0..n {
+        one(
+            &store,
+            vec![WriteOp::InsertAction(Box::new(new_action("alice", None, None)))],
+        )
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for node in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..30 {
+                for a in store
+                    .claim(&format!("node{node}"), 3, 60_000, false)
+                    .await
+                    .unwrap()
+                {
+                    mine.push(a.id);
+                }
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(total, all.len(), "an action was claimed twice");
+    assert_eq!(total, n);
+}
+
+async fn steps_logs_and_pages(store: DynStore) {
+    let a = new_action("alice", None, None);
+    one(&store, vec![WriteOp::InsertAction(Box::new(a.clone()))])
+        .await
+        .unwrap();
+    let lines: Vec<LogLine> = (1..=250)
+        .map(|seq| LogLine {
+            action_id: a.id.clone(),
+            seq,
+            step: 0,
+            stream: "stdout".into(),
+            time: seq,
+            line: format!("line {seq} with 'quotes' and ünïcode"),
+        })
+        .collect();
+    one(
+        &store,
+        vec![
+            WriteOp::AppendLogs(lines),
+            WriteOp::UpdateStep {
+                action_id: a.id.clone(),
+                idx: 0,
+                set: StepUpdate {
+                    state: Some(StepState::Succeeded),
+                    output: Some(json!({"exit_code": 0})),
+                    finished_at: Some(Some(5)),
+                    ..Default::default()
+                },
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.last_log_seq(&a.id).await.unwrap(), 250);
+    let page = store.logs(&a.id, 100, 100).await.unwrap();
+    assert_eq!(page.first().unwrap().seq, 101);
+    assert_eq!(page.last().unwrap().line, "line 200 with 'quotes' and ünïcode");
+    let got = store.get_action(&a.id).await.unwrap().unwrap();
+    assert_eq!(got.steps[0].state, StepState::Succeeded);
+    assert_eq!(got.steps[0].output, json!({"exit_code": 0}));
+    let missing = one(
+        &store,
+        vec![WriteOp::UpdateStep {
+            action_id: a.id.clone(),
+            idx: 9,
+            set: StepUpdate::default(),
+        }],
+    )
+    .await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))));
+}
+
+async fn lists_filter_and_paginate_newest_first(store: DynStore) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut a = new_action("alice", None, None);
+        if i == 2 {
+            a.state = ActionState::Failed;
+        }
+        ids.push(a.id.clone());
+        one(&store, vec![WriteOp::InsertAction(Box::new(a))])
+            .await
+            .unwrap();
+    }
+    let page1 = store
+        .list_actions(&ActionFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        vec![ids[4].clone(), ids[3].clone()]
+    );
+    let page2 = store
+        .list_actions(&ActionFilter {
+            limit: 2,
+            before: Some(ids[3].clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page2[0].id, ids[2]);
+    let failed = store
+        .list_actions(&ActionFilter {
+            limit: 10,
+            state: Some(ActionState::Failed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, ids[2]);
+    assert!(failed[0].steps.len() == 1);
+}
+
+async fn the_audit_chain_verifies_and_an_edit_names_its_event(
+    store: DynStore,
+    raw_edit: impl std::future::Future<Output = ()>,
+) {
+    for i in 0..10 {
+        one(&store, vec![audit(&format!("event {i}"))]).await.unwrap();
+    }
+    let events = store.audit_page(0, 1000).await.unwrap();
+    verify_chain(GENESIS_HASH, 1, &events).unwrap();
+    raw_edit.await;
+    let events = store.audit_page(0, 1000).await.unwrap();
+    let broken = verify_chain(GENESIS_HASH, 1, &events).unwrap_err();
+    assert_eq!(broken.seq, 4);
+}
+
+async fn tokens_are_found_by_hash(store: DynStore) {
+    let t = TokenRecord {
+        id: ids::new_id(),
+        name: "ci".into(),
+        subject: "admin".into(),
+        hash: "abc123".into(),
+        created_at: 1,
+        expires_at: Some(2),
+        revoked_at: None,
+    };
+    one(&store, vec![WriteOp::InsertToken(t.clone())]).await.unwrap();
+    assert_eq!(store.token_by_hash("abc123").await.unwrap(), Some(t.clone()));
+    assert_eq!(store.token_by_hash("other").await.unwrap(), None);
+    let dup = one(&store, vec![WriteOp::InsertToken(t)]).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))));
+    assert_eq!(
+        store.get_environment("local").await.unwrap().unwrap().target,
+        "local"
+    );
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store: DynStore = Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    let pg = pave_testkit::TestPostgres::new().await;
+                    let store: DynStore = Arc::new(PgStore::connect(&pg.url).await.unwrap());
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    actions_round_trip_with_their_steps,
+    an_idempotency_key_returns_the_first_action_and_writes_nothing,
+    a_failed_precondition_rolls_back_only_its_request,
+    claims_respect_the_object_lock_and_its_release,
+    an_expired_lease_is_taken_over_and_a_live_one_is_not,
+    concurrent_claimers_never_get_the_same_action,
+    steps_logs_and_pages,
+    lists_filter_and_paginate_newest_first,
+    tokens_are_found_by_hash,
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_audit_tampering_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store: DynStore = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let edit = async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_events SET summary = 'nothing happened' WHERE seq = 4")
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    the_audit_chain_verifies_and_an_edit_names_its_event(store, edit).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_audit_tampering_is_found() {
+    let pg = pave_testkit::TestPostgres::new().await;
+    let store: DynStore = Arc::new(PgStore::connect(&pg.url).await.unwrap());
+    let url = pg.url.clone();
+    let edit = async move {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query("UPDATE audit_events SET actor = 'mallory' WHERE seq = 4")
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    the_audit_chain_verifies_and_an_edit_names_its_event(store, edit).await;
+}
