@@ -7,7 +7,7 @@ use thiserror::Error;
 pub enum EngineError {
     /// The request is invalid (unknown kind, bad input).
     #[error(transparent)]
-    Invalid(#[from] CoreError),
+    Invalid(CoreError),
     /// The action or environment does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -23,6 +23,17 @@ pub enum EngineError {
     /// The engine is shutting down and takes no new work.
     #[error("the server is shutting down")]
     ShuttingDown,
+}
+
+impl From<CoreError> for EngineError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            // Asking for a change the current state does not allow is a conflict
+            // with that state, not an invalid request.
+            CoreError::InvalidTransition { .. } => EngineError::Conflict(e.to_string()),
+            other => EngineError::Invalid(other),
+        }
+    }
 }
 
 impl From<StoreError> for EngineError {

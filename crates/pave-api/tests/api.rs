@@ -1,0 +1,372 @@
+//! The API over real HTTP, with the real engine, store and embedded agent behind it.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pave_agent::embedded::AgentDirs;
+use pave_core::time::now_ms;
+use pave_engine::{AgentHub, AllowAll, Engine, EngineConfig};
+use pave_store::{TokenRecord, WriteOp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    token: String,
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+async fn token(engine: &Engine, secret: &str, expires_at: Option<i64>, revoked_at: Option<i64>) {
+    engine
+        .writer()
+        .write(vec![WriteOp::InsertToken(TokenRecord {
+            id: pave_core::ids::new_id(),
+            name: secret.into(),
+            subject: "tester".into(),
+            hash: pave_api::hash_token(secret),
+            created_at: now_ms(),
+            expires_at,
+            revoked_at,
+        })])
+        .await
+        .unwrap();
+}
+
+async fn start() -> Api {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let store = pave_store::open(&format!("sqlite://{}", dir.path().join("pave.db").display()))
+        .await
+        .unwrap();
+    let link = pave_agent::spawn_embedded(AgentDirs {
+        work_dir: dir.path().join("work"),
+        state_dir: dir.path().join("agent"),
+    })
+    .unwrap();
+    let mut agents = HashMap::new();
+    agents.insert("local".to_string(), AgentHub::start(link).await);
+    let engine = Engine::new(store, agents, Box::new(AllowAll), EngineConfig::default());
+    let e = engine.clone();
+    tokio::spawn(async move { e.run(Duration::from_secs(1)).await });
+    token(&engine, "pave_good", None, None).await;
+    token(&engine, "pave_expired", Some(now_ms() - 1000), None).await;
+    token(&engine, "pave_revoked", None, Some(now_ms() - 1000)).await;
+    let app = pave_api::router(pave_api::AppState {
+        engine: engine.clone(),
+        metrics: None,
+        ready: Arc::new(AtomicBool::new(true)),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Api {
+        base,
+        http: reqwest::Client::new(),
+        token: "pave_good".into(),
+        engine,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn audit_count(&self) -> usize {
+        self.engine.store().audit_page(0, 100_000).await.unwrap().len()
+    }
+
+    async fn wait_state(&self, id: &str, states: &[&str]) -> Value {
+        for _ in 0..300 {
+            let (_, a) = self.get(&format!("/api/v1/actions/{id}")).await;
+            if states.contains(&a["state"].as_str().unwrap_or("")) {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("action {id} did not reach {states:?}");
+    }
+}
+
+fn job(cmd: &[&str]) -> Value {
+    json!({ "kind": "job", "input": { "command": cmd } })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_that_are_missing_unknown_expired_or_revoked_get_401() {
+    let api = start().await;
+    let url = format!("{}/api/v1/actions", api.base);
+    let resp = api.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    for (secret, why) in [
+        ("pave_unknown", "unknown"),
+        ("pave_expired", "expired"),
+        ("pave_revoked", "revoked"),
+    ] {
+        let resp = api.http.get(&url).bearer_auth(secret).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{secret}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains(why), "{body}");
+    }
+    let resp = api
+        .http
+        .get(format!("{}/healthz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_precise_errors_and_change_nothing() {
+    let api = start().await;
+    let before = api.audit_count().await;
+    let url = format!("{}/api/v1/actions", api.base);
+    let send_raw = |body: Vec<u8>| {
+        api.http
+            .post(&url)
+            .bearer_auth(&api.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = send_raw(b"{not json".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "malformed_json"
+    );
+
+    let r = send_raw(vec![b' '; pave_api::MAX_BODY_BYTES + 10]).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "body_too_large"
+    );
+
+    let (s, b) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "input": {"command": ["true"]}, "colour": "red"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert!(b["error"]["message"].as_str().unwrap().contains("colour"), "{b}");
+
+    let (s, b) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "input": {"command": ["true"], "timeout": 3}}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert!(b["error"]["message"].as_str().unwrap().contains("timeout"), "{b}");
+
+    let (s, b) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "input": {"command": []}}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+
+    let (s, b) = api.post("/api/v1/actions", json!({"kind": "teleport"})).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_kind"))
+    );
+
+    let (s, _) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "env": "nowhere", "input": {"command": ["true"]}}),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    let (s, _) = api.get("/api/v1/actions?limit=0").await;
+    assert_eq!(s, 400);
+    let (s, b) = api.get("/api/v1/actions?state=sleeping").await;
+    assert_eq!(s, 400, "{b}");
+    let (s, _) = api.get("/api/v1/actions/does-not-exist").await;
+    assert_eq!(s, 404);
+    let (s, b) = api.get("/api/v1/nothing-here").await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    assert_eq!(
+        api.audit_count().await,
+        before,
+        "a rejected request wrote to the audit trail"
+    );
+    let (_, page) = api.get("/api/v1/actions").await;
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        0,
+        "a rejected request created an action"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_returns_the_same_action_and_never_runs_twice() {
+    let api = start().await;
+    let marker = api._dir.path().join("runs");
+    let script = format!("echo run >> {}", marker.display());
+    let send = |body: Value| {
+        api.http
+            .post(format!("{}/api/v1/actions", api.base))
+            .bearer_auth(&api.token)
+            .header("Idempotency-Key", "deploy-42")
+            .json(&body)
+            .send()
+    };
+    let first = send(job(&["sh", "-c", &script])).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let second = send(job(&["sh", "-c", &script])).await.unwrap();
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    api.wait_state(first["id"].as_str().unwrap(), &["succeeded"])
+        .await;
+    let third = send(job(&["sh", "-c", &script])).await.unwrap();
+    assert_eq!(third.status(), 200);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "run\n");
+    let other = send(job(&["true"])).await.unwrap();
+    assert_eq!(other.status(), 409);
+    let (_, page) = api.get("/api/v1/actions").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_cancel_and_rollback_answer_409_from_the_wrong_state() {
+    let api = start().await;
+    let (_, a) = api.post("/api/v1/actions", job(&["sleep", "30"])).await;
+    let id = a["id"].as_str().unwrap().to_string();
+    api.wait_state(&id, &["running"]).await;
+    let (s, b) = api.post(&format!("/api/v1/actions/{id}/retry"), json!({})).await;
+    assert_eq!(s, 409);
+    assert_eq!(b["error"]["message"], "cannot retry an action that is running");
+    let started = std::time::Instant::now();
+    let (s, _) = api.post(&format!("/api/v1/actions/{id}/cancel"), json!({})).await;
+    assert_eq!(s, 200);
+    let a = api.wait_state(&id, &["cancelled"]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel did not stop the command"
+    );
+    assert_eq!(a["steps"][0]["state"], "cancelled");
+    let (s, _) = api.post(&format!("/api/v1/actions/{id}/cancel"), json!({})).await;
+    assert_eq!(s, 409);
+    let (s, _) = api
+        .post(&format!("/api/v1/actions/{id}/rollback"), json!({}))
+        .await;
+    assert_eq!(s, 409, "a job without undo has nothing to roll back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_stream_logs_and_the_end_and_pagination_follows_the_cursor() {
+    let api = start().await;
+    let (_, a) = api
+        .post(
+            "/api/v1/actions",
+            job(&["sh", "-c", "echo one; sleep 0.3; echo two >&2"]),
+        )
+        .await;
+    let id = a["id"].as_str().unwrap();
+    let text = api
+        .http
+        .get(format!("{}/api/v1/actions/{id}/events", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("event: log"), "{text}");
+    assert!(
+        text.contains("\"line\":\"one\"") && text.contains("\"line\":\"two\""),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("data: succeeded"), "{text}");
+    let (_, logs) = api.get(&format!("/api/v1/actions/{id}/logs")).await;
+    let streams: Vec<&str> = logs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["stream"].as_str())
+        .collect();
+    assert!(streams.contains(&"stdout") && streams.contains(&"stderr"));
+
+    for _ in 0..4 {
+        api.post("/api/v1/actions", json!({"kind": "noop"})).await;
+    }
+    let (_, p1) = api.get("/api/v1/actions?limit=3").await;
+    assert_eq!(p1["items"].as_array().unwrap().len(), 3);
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let (_, p2) = api.get(&format!("/api/v1/actions?limit=3&cursor={cursor}")).await;
+    assert_eq!(p2["items"].as_array().unwrap().len(), 2);
+    assert!(p2.get("next_cursor").is_none());
+    let (_, noop) = api.get("/api/v1/actions?kind=noop&limit=10").await;
+    assert_eq!(noop["items"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_describes_every_route() {
+    let api = start().await;
+    let (s, doc) = api.get("/api/v1/openapi.json").await;
+    assert_eq!(s, 200);
+    for path in [
+        "/api/v1/actions",
+        "/api/v1/actions/{id}",
+        "/api/v1/actions/{id}/events",
+        "/api/v1/actions/{id}/logs",
+        "/api/v1/actions/{id}/retry",
+        "/api/v1/actions/{id}/cancel",
+        "/api/v1/actions/{id}/rollback",
+        "/api/v1/audit",
+        "/api/v1/audit/verify",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Action"].is_object());
+    let (_, v) = api.get("/api/v1/audit/verify").await;
+    assert_eq!(v["ok"], true);
+}

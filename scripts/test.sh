@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what the tests
+# need if it is missing, starts a throwaway PostgreSQL for the suite (removed
+# on exit), builds once, then runs clippy and every test with nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_BIN=${PAVE_PG_BIN:-/usr/lib/postgresql/15/bin}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+missing=()
+[ -x "$PG_BIN/initdb" ] || missing+=(postgresql)
+command -v curl >/dev/null || missing+=(curl)
+command -v pgrep >/dev/null || missing+=(procps)
+command -v runuser >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install a Rust toolchain (https://rustup.rs), 1.95 or newer" >&2
+  exit 1
+fi
+cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+# One PostgreSQL server for the whole suite; each test makes its own database.
+pg_dir=$(mktemp -d /tmp/pave-test-pg.XXXXXX)
+run_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" -eq 0 ] && chown postgres "$pg_dir"
+cleanup() {
+  run_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$pg_dir"
+}
+trap cleanup EXIT
+run_pg "$PG_BIN/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 55432)
+run_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 60 start \
+  -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off" >/dev/null
+export PAVE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+echo "==> test PostgreSQL on 127.0.0.1:$port"
+
+echo "==> build (once, shared by every test binary)"
+cargo build --workspace --all-targets --locked
+echo "==> clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> tests"
+cargo nextest run --workspace --locked --profile ci "$@"
