@@ -58,6 +58,30 @@ pub(crate) async fn verify(State(state): State<AppState>) -> Result<Json<AuditVe
             }
         }
     }
+    let (head_seq, head_hash) = state.engine.store().audit_head().await?;
+    let last = next_seq - 1;
+    if head_seq != last || (head_seq > 0 && head_hash != prev) {
+        let (first_broken, reason) = if head_seq > last {
+            (
+                last + 1,
+                format!(
+                    "events {} to {head_seq} are missing from the end of the chain",
+                    last + 1
+                ),
+            )
+        } else {
+            (
+                head_seq + 1,
+                format!("the chain's head is event {head_seq}, but events up to {last} exist"),
+            )
+        };
+        return Ok(Json(AuditVerification {
+            ok: false,
+            checked,
+            first_broken: Some(first_broken),
+            reason: Some(reason),
+        }));
+    }
     Ok(Json(AuditVerification {
         ok: true,
         checked,

@@ -370,3 +370,26 @@ async fn the_openapi_document_describes_every_route() {
     let (_, v) = api.get("/api/v1/audit/verify").await;
     assert_eq!(v["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_notices_events_removed_from_the_end_of_the_chain() {
+    let api = start().await;
+    for _ in 0..3 {
+        let (_, a) = api.post("/api/v1/actions", json!({"kind": "noop"})).await;
+        api.wait_state(a["id"].as_str().unwrap(), &["succeeded"]).await;
+    }
+    let (_, v) = api.get("/api/v1/audit/verify").await;
+    assert_eq!(v["ok"], true, "{v}");
+    let total = v["checked"].as_i64().unwrap();
+    let db = api._dir.path().join("pave.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (_, v) = api.get("/api/v1/audit/verify").await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_broken"].as_i64().unwrap(), total, "{v}");
+}

@@ -57,6 +57,10 @@ pub trait Store: Send + Sync + 'static {
     /// Audit events after `after_seq`, oldest first.
     async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEvent>>;
 
+    /// The chain's head: the last event's sequence number and hash, as recorded
+    /// by every append. Lets verification notice events removed from the end.
+    async fn audit_head(&self) -> Result<(i64, String)>;
+
     /// The token with this hash, revoked and expired ones included.
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
 

@@ -738,6 +738,13 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn audit_head(&self) -> Result<(i64, String)> {
+                let row: (i64, String) = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(row)
+            }
+
             async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
                 let row: Option<(String, String, String, String, i64, Option<i64>, Option<i64>)> =
                     sqlx::query_as(
