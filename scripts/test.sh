@@ -12,6 +12,7 @@ SUDO=""
 missing=()
 [ -x "$PG_BIN/initdb" ] || missing+=(postgresql)
 command -v curl >/dev/null || missing+=(curl)
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v runuser >/dev/null || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -6,6 +6,7 @@ mod actions;
 mod audit;
 mod auth;
 mod dto;
+mod environments;
 mod error;
 mod events;
 mod health;
@@ -46,6 +47,16 @@ pub fn router(state: AppState) -> Router {
         .route("/actions/{id}/retry", post(actions::retry))
         .route("/actions/{id}/cancel", post(actions::cancel))
         .route("/actions/{id}/rollback", post(actions::rollback))
+        .route(
+            "/environments",
+            post(environments::create).get(environments::list),
+        )
+        .route(
+            "/environments/{name}",
+            get(environments::get)
+                .patch(environments::update)
+                .delete(environments::delete),
+        )
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/whoami", get(auth::whoami))

@@ -23,9 +23,12 @@ impl Modify for BearerAuth {
     paths(
         crate::actions::create, crate::actions::list, crate::actions::get, crate::actions::logs,
         crate::actions::retry, crate::actions::cancel, crate::actions::rollback,
-        crate::events::stream, crate::audit::list, crate::audit::verify, crate::auth::whoami,
+        crate::events::stream, crate::audit::list,
+        crate::environments::create, crate::environments::list, crate::environments::get,
+        crate::environments::update, crate::environments::delete, crate::audit::verify, crate::auth::whoami,
     ),
-    components(schemas(CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+    components(schemas(crate::environments::EnvironmentDto, crate::environments::CreateEnvironment,
+        crate::environments::UpdateEnvironment, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

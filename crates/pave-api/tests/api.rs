@@ -393,3 +393,78 @@ async fn verify_notices_events_removed_from_the_end_of_the_chain() {
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["first_broken"].as_i64().unwrap(), total, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environments_are_created_labelled_used_and_deleted() {
+    let api = start().await;
+    let (s, e) = api
+        .post(
+            "/api/v1/environments",
+            json!({"name": "payments-staging", "target": "local", "labels": {"tier": "staging"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{e}");
+    assert_eq!(e["labels"]["tier"], "staging");
+    let (s, _) = api
+        .post("/api/v1/environments", json!({"name": "payments-staging"}))
+        .await;
+    assert_eq!(s, 409);
+    let (s, b) = api
+        .post("/api/v1/environments", json!({"name": "Payments"}))
+        .await;
+    assert_eq!(s, 422, "{b}");
+    let (s, _) = api
+        .post("/api/v1/environments", json!({"name": "x", "target": "mars"}))
+        .await;
+    assert_eq!(s, 404);
+    let (s, e) = api
+        .call(
+            reqwest::Method::PATCH,
+            "/api/v1/environments/payments-staging",
+            Some(json!({"labels": {"tier": null, "team": "pay"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(e["labels"], json!({"team": "pay"}));
+    let (_, list) = api.get("/api/v1/environments").await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["local", "payments-staging"]);
+
+    let (s, a) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "env": "payments-staging", "input": {"command": ["sleep", "2"]}}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, b) = api
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/environments/payments-staging",
+            None,
+        )
+        .await;
+    assert_eq!(s, 409, "an environment with a running action was deleted: {b}");
+    api.wait_state(a["id"].as_str().unwrap(), &["succeeded"]).await;
+    let (s, _) = api
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/environments/payments-staging",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = api.get("/api/v1/environments/payments-staging").await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call(reqwest::Method::DELETE, "/api/v1/environments/local", None)
+        .await;
+    assert_eq!(s, 409);
+    let (_, v) = api.get("/api/v1/audit/verify").await;
+    assert_eq!(v["ok"], true);
+}

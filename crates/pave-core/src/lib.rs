@@ -7,6 +7,7 @@ pub mod audit;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod names;
 pub mod plan;
 pub mod time;
 

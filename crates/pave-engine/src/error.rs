@@ -41,6 +41,7 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::Precondition { .. } => EngineError::Conflict(e.to_string()),
             StoreError::NotFound(what) => EngineError::NotFound(what),
+            StoreError::Conflict(what) => EngineError::Conflict(format!("{what} already exists")),
             other => EngineError::Store(other),
         }
     }

@@ -64,6 +64,12 @@ pub trait Store: Send + Sync + 'static {
     /// The token with this hash, revoked and expired ones included.
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
 
+    /// Every environment, by name.
+    async fn list_environments(&self) -> Result<Vec<Environment>>;
+
+    /// Actions of an environment that have not ended (they block its deletion).
+    async fn count_unfinished_actions(&self, env: &str) -> Result<i64>;
+
     /// An environment by name.
     async fn get_environment(&self, name: &str) -> Result<Option<Environment>>;
 

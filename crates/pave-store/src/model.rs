@@ -38,6 +38,17 @@ pub enum WriteOp {
     Audit(AuditDraft),
     /// Stores a new API token.
     InsertToken(TokenRecord),
+    /// Creates an environment (its target must exist).
+    InsertEnvironment(Environment),
+    /// Replaces an environment's labels.
+    SetEnvironmentLabels {
+        /// Environment name.
+        name: String,
+        /// The new labels.
+        labels: BTreeMap<String, String>,
+    },
+    /// Removes an environment.
+    DeleteEnvironment(String),
 }
 
 /// Fields of an action to change; `None` leaves a field as it is.

@@ -116,6 +116,10 @@ fn parse_action_state(s: &str) -> Result<ActionState> {
     ActionState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("action state `{s}`")))
 }
 
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
+}
+
 fn placeholders(start: usize, n: usize) -> String {
     (start..start + n)
         .map(|i| format!("${i}"))
@@ -377,6 +381,51 @@ macro_rules! sql_store {
                     }
                     WriteOp::Audit(draft) => {
                         Self::append_audit(conn, draft, head, now).await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::InsertEnvironment(env) => {
+                        let target: Option<(String,)> =
+                            sqlx::query_as("SELECT name FROM targets WHERE name = $1")
+                                .bind(&env.target)
+                                .fetch_optional(&mut *conn)
+                                .await?;
+                        if target.is_none() {
+                            return Err(StoreError::NotFound(format!("target `{}`", env.target)));
+                        }
+                        sqlx::query(
+                            "INSERT INTO environments (name, target, labels, created_at) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(&env.name)
+                        .bind(&env.target)
+                        .bind(labels_text(&env.labels))
+                        .bind(env.created_at)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| match StoreError::from(e) {
+                            StoreError::Conflict(_) => StoreError::Conflict(format!("environment `{}`", env.name)),
+                            other => other,
+                        })?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::SetEnvironmentLabels { name, labels } => {
+                        let r = sqlx::query("UPDATE environments SET labels = $2 WHERE name = $1")
+                            .bind(name)
+                            .bind(labels_text(labels))
+                            .execute(&mut *conn)
+                            .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("environment `{name}`")));
+                        }
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DeleteEnvironment(name) => {
+                        let r = sqlx::query("DELETE FROM environments WHERE name = $1")
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("environment `{name}`")));
+                        }
                         Ok(OpResult::Done)
                     }
                     WriteOp::InsertToken(t) => {
@@ -757,6 +806,36 @@ macro_rules! sql_store {
                 Ok(row.map(|(id, name, subject, hash, created_at, expires_at, revoked_at)| {
                     TokenRecord { id, name, subject, hash, created_at, expires_at, revoked_at }
                 }))
+            }
+
+            async fn list_environments(&self) -> Result<Vec<Environment>> {
+                let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+                    "SELECT name, target, labels, created_at FROM environments ORDER BY name",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                rows.into_iter()
+                    .map(|(name, target, labels, created_at)| {
+                        Ok(Environment {
+                            name,
+                            target,
+                            labels: serde_json::from_str(&labels)
+                                .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?,
+                            created_at,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn count_unfinished_actions(&self, env: &str) -> Result<i64> {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM actions WHERE env = $1 AND state IN \
+                     ('requested', 'awaiting_approval', 'queued', 'running', 'rolling_back')",
+                )
+                .bind(env)
+                .fetch_one(self.reader())
+                .await?;
+                Ok(n)
             }
 
             async fn get_environment(&self, name: &str) -> Result<Option<Environment>> {

@@ -155,6 +155,18 @@ impl Client {
         resp.json().await.context("the server's answer could not be read")
     }
 
+    /// PATCH a JSON body and decode.
+    pub async fn patch<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+        let resp = self.send(self.http.patch(self.url(path)).json(body)).await?;
+        resp.json().await.context("the server's answer could not be read")
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.http.delete(self.url(path))).await?;
+        Ok(())
+    }
+
     /// A streaming GET (for SSE).
     pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
         self.send(

@@ -2,6 +2,7 @@
 
 mod actions;
 mod audit;
+mod env;
 mod login;
 mod run;
 
@@ -56,6 +57,9 @@ pub enum Command {
     /// Inspect and steer actions.
     #[command(subcommand)]
     Actions(actions::ActionsCmd),
+    /// Create, list, update and delete environments.
+    #[command(subcommand)]
+    Env(env::EnvCmd),
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -97,6 +101,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Run(args) => run::run(args).await,
         Command::Actions(cmd) => actions::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Env(cmd) => env::run(cmd).await,
         Command::Login(args) => login::login(args).await,
         Command::Version(args) => login::version(args).await,
     };

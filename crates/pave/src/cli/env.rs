@@ -1,0 +1,160 @@
+//! `pave env …`.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::ClientArgs;
+use crate::client::Client;
+use crate::{exit, output};
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCmd {
+    /// Create an environment bound to a target.
+    Create(CreateArgs),
+    /// List environments.
+    List(ListArgs),
+    /// Show one environment.
+    Get(NameArgs),
+    /// Set or remove labels (`--label k=v`, `--remove-label k`).
+    Update(UpdateArgs),
+    /// Delete an environment that has no unfinished actions.
+    Delete(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Name (lower-case letters, digits, '-').
+    pub name: String,
+    /// Target the environment runs on.
+    #[arg(long, default_value = "local")]
+    pub target: String,
+    /// A label policy can read (repeatable): `tier=production`.
+    #[arg(long = "label", value_name = "K=V", value_parser = super::run::parse_kv)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Environment name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Environment name.
+    pub name: String,
+    /// Set a label (repeatable).
+    #[arg(long = "label", value_name = "K=V", value_parser = super::run::parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// Remove a label (repeatable).
+    #[arg(long = "remove-label", value_name = "K")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Env {
+    name: String,
+    target: String,
+    labels: BTreeMap<String, String>,
+    created_at: i64,
+}
+
+fn labels_text(l: &BTreeMap<String, String>) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn print_one(format: super::Format, e: &Env) -> anyhow::Result<()> {
+    if !output::structured(format, e)? {
+        output::table(
+            &["NAME", "TARGET", "LABELS", "AGE"],
+            &[vec![
+                e.name.clone(),
+                e.target.clone(),
+                labels_text(&e.labels),
+                output::age(e.created_at),
+            ]],
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
+    match cmd {
+        EnvCmd::Create(a) => {
+            let client = Client::from_args(&a.client)?;
+            let labels: BTreeMap<_, _> = a.labels.into_iter().collect();
+            let e: Env = client
+                .post(
+                    "/api/v1/environments",
+                    &json!({ "name": a.name, "target": a.target, "labels": labels }),
+                    &[],
+                )
+                .await?;
+            print_one(a.client.output, &e)?;
+        }
+        EnvCmd::List(a) => {
+            let client = Client::from_args(&a.client)?;
+            let envs: Vec<Env> = client.get("/api/v1/environments").await?;
+            if !output::structured(a.client.output, &envs)? {
+                let rows: Vec<Vec<String>> = envs
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.name.clone(),
+                            e.target.clone(),
+                            labels_text(&e.labels),
+                            output::age(e.created_at),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "TARGET", "LABELS", "AGE"], &rows);
+            }
+        }
+        EnvCmd::Get(a) => {
+            let client = Client::from_args(&a.client)?;
+            let e: Env = client.get(&format!("/api/v1/environments/{}", a.name)).await?;
+            print_one(a.client.output, &e)?;
+        }
+        EnvCmd::Update(a) => {
+            let client = Client::from_args(&a.client)?;
+            let mut labels: BTreeMap<String, Value> =
+                a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            for k in a.remove {
+                labels.insert(k, Value::Null);
+            }
+            let e: Env = client
+                .patch(
+                    &format!("/api/v1/environments/{}", a.name),
+                    &json!({ "labels": labels }),
+                )
+                .await?;
+            print_one(a.client.output, &e)?;
+        }
+        EnvCmd::Delete(a) => {
+            let client = Client::from_args(&a.client)?;
+            client.delete(&format!("/api/v1/environments/{}", a.name)).await?;
+            if !output::structured(a.client.output, &json!({ "deleted": a.name }))? {
+                println!("environment {} deleted", a.name);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
