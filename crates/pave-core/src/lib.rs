@@ -9,7 +9,9 @@ pub mod ids;
 pub mod job;
 pub mod names;
 pub mod plan;
+pub mod resource;
 pub mod time;
+pub mod vault;
 
 pub use action::{Action, ActionError, ActionState, Step, StepState};
 pub use audit::{AuditDraft, AuditEvent};

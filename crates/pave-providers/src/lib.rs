@@ -1,0 +1,123 @@
+//! Resource providers: they create, check, repair and delete resources on the
+//! host their agent runs on. Today: `postgres` (its own cluster per resource,
+//! through initdb and pg_ctl) and `redis` (its own redis-server), each on a free
+//! loopback port. Their processes run detached, so they outlive a restart of
+//! pave and are found again from the state each keeps in its directory.
+
+mod error;
+mod postgres;
+mod process;
+mod redis;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use error::ProviderError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What a provider is asked to act on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceRequest {
+    /// Environment.
+    pub env: String,
+    /// Resource name.
+    pub name: String,
+    /// `postgres` or `redis`.
+    pub kind: String,
+    /// Validated spec.
+    #[serde(default)]
+    pub spec: Value,
+    /// Credentials from the vault (`password`), resolved at execution. Never logged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// What a resource looks like once it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provisioned {
+    /// Non-secret outputs (host, port, database, user).
+    pub outputs: BTreeMap<String, Value>,
+    /// Its directory on the host.
+    pub location: String,
+}
+
+/// The local providers, keeping each resource under `root/<env>/<name>`.
+#[derive(Debug, Clone)]
+pub struct LocalProviders {
+    root: PathBuf,
+}
+
+impl LocalProviders {
+    /// Providers rooted at `root` (created if missing).
+    pub fn new(root: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(root)?;
+        Ok(LocalProviders {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn dir(&self, req: &ResourceRequest) -> PathBuf {
+        self.root.join(&req.env).join(&req.name)
+    }
+
+    fn password(req: &ResourceRequest) -> Result<&str, ProviderError> {
+        req.secrets
+            .get("password")
+            .map(String::as_str)
+            .ok_or_else(|| ProviderError::Invalid("no password was resolved for the resource".into()))
+    }
+
+    /// Creates the resource and waits until it is healthy. Idempotent: a
+    /// resource that exists already is started if needed and returned.
+    pub async fn create(&self, req: &ResourceRequest) -> Result<Provisioned, ProviderError> {
+        let dir = self.dir(req);
+        let password = Self::password(req)?;
+        match req.kind.as_str() {
+            "postgres" => postgres::create(&dir, &req.spec, password).await,
+            "redis" => redis::create(&dir, password).await,
+            other => Err(ProviderError::Invalid(format!("no local provider for `{other}`"))),
+        }
+    }
+
+    /// Checks health with a real connection: `Ok(())` when healthy.
+    pub async fn check(&self, req: &ResourceRequest) -> Result<(), ProviderError> {
+        let dir = self.dir(req);
+        let password = Self::password(req)?;
+        match req.kind.as_str() {
+            "postgres" => postgres::check(&dir, &req.spec, password).await,
+            "redis" => redis::check(&dir, password).await,
+            other => Err(ProviderError::Invalid(format!("no local provider for `{other}`"))),
+        }
+    }
+
+    /// Starts a resource whose process died, with its data.
+    pub async fn repair(&self, req: &ResourceRequest) -> Result<Provisioned, ProviderError> {
+        let dir = self.dir(req);
+        if !dir.exists() {
+            return Err(ProviderError::Gone(format!(
+                "{} (its data directory is missing)",
+                dir.display()
+            )));
+        }
+        self.create(req).await
+    }
+
+    /// Stops the resource and removes its data. Idempotent.
+    pub async fn delete(&self, req: &ResourceRequest) -> Result<(), ProviderError> {
+        let dir = self.dir(req);
+        match req.kind.as_str() {
+            "postgres" => postgres::stop(&dir).await,
+            "redis" => redis::stop(&dir).await,
+            _ => {}
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ProviderError::Io(format!(
+                "could not remove {}: {e}",
+                dir.display()
+            ))),
+        }
+    }
+}
