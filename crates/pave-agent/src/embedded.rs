@@ -27,6 +27,8 @@ pub struct AgentDirs {
     pub work_dir: PathBuf,
     /// Where the agent records running commands, to clean up after a crash.
     pub state_dir: PathBuf,
+    /// Where resources (databases, caches) keep their files.
+    pub resources_dir: PathBuf,
 }
 
 #[derive(Default)]
@@ -49,6 +51,7 @@ pub fn spawn_embedded(dirs: AgentDirs) -> std::io::Result<AgentLink> {
     let (to_agent_tx, mut to_agent_rx) = mpsc::channel::<ToAgent>(1024);
     let (from_agent_tx, from_agent_rx) = mpsc::channel::<FromAgent>(4096);
     let state = Arc::new(Mutex::new(AgentState::default()));
+    let providers = Arc::new(pave_providers::LocalProviders::new(&dirs.resources_dir)?);
     let dirs = Arc::new(dirs);
     tokio::spawn(async move {
         while let Some(msg) = to_agent_rx.recv().await {
@@ -83,8 +86,9 @@ pub fn spawn_embedded(dirs: AgentDirs) -> std::io::Result<AgentLink> {
                     let out = from_agent_tx.clone();
                     let state = state.clone();
                     let dirs = dirs.clone();
+                    let providers = providers.clone();
                     tokio::spawn(async move {
-                        let outcome = execute(&dirs, &cmd, token, &out).await;
+                        let outcome = execute(&dirs, &providers, &cmd, token, &out).await;
                         {
                             let mut st = lock(&state);
                             st.running.remove(&cmd.id);
@@ -145,6 +149,7 @@ fn hello() -> FromAgent {
 
 async fn execute(
     dirs: &AgentDirs,
+    providers: &pave_providers::LocalProviders,
     cmd: &Command,
     token: CancellationToken,
     out: &mpsc::Sender<FromAgent>,
@@ -160,5 +165,36 @@ async fn execute(
             };
             job::run(ctx, &cmd.id, spec, extra_env, token, out).await
         }
+        CommandPayload::ProvisionResource { request } => provided(providers.create(request).await),
+        CommandPayload::RepairResource { request } => provided(providers.repair(request).await),
+        CommandPayload::CheckResource { request } => match providers.check(request).await {
+            Ok(()) => Outcome::Succeeded {
+                output: serde_json::json!({ "health": "healthy" }),
+            },
+            Err(e) => failed(&e),
+        },
+        CommandPayload::DeleteResource { request } => match providers.delete(request).await {
+            Ok(()) => Outcome::Succeeded {
+                output: serde_json::Value::Null,
+            },
+            Err(e) => failed(&e),
+        },
+    }
+}
+
+fn failed(e: &pave_providers::ProviderError) -> Outcome {
+    Outcome::Failed {
+        code: e.code().to_string(),
+        message: e.to_string(),
+        output: serde_json::Value::Null,
+    }
+}
+
+fn provided(r: Result<pave_providers::Provisioned, pave_providers::ProviderError>) -> Outcome {
+    match r {
+        Ok(p) => Outcome::Succeeded {
+            output: serde_json::to_value(p).unwrap_or_default(),
+        },
+        Err(e) => failed(&e),
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use pave_core::JobSpec;
+pub use pave_providers::ResourceRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -12,7 +13,14 @@ use serde_json::Value;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// What an agent can execute.
-pub const CAPABILITIES: &[&str] = &["noop", "run_job"];
+pub const CAPABILITIES: &[&str] = &[
+    "noop",
+    "run_job",
+    "provision_resource",
+    "check_resource",
+    "repair_resource",
+    "delete_resource",
+];
 
 /// Control plane → agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +148,26 @@ pub enum CommandPayload {
         /// added to the job's own.
         #[serde(default)]
         extra_env: BTreeMap<String, String>,
+    },
+    /// Create a resource and wait until it is healthy (idempotent).
+    ProvisionResource {
+        /// The resource, with its credentials resolved.
+        request: ResourceRequest,
+    },
+    /// Check a resource's health with a real connection.
+    CheckResource {
+        /// The resource, with its credentials resolved.
+        request: ResourceRequest,
+    },
+    /// Start a resource whose process died, with its data.
+    RepairResource {
+        /// The resource, with its credentials resolved.
+        request: ResourceRequest,
+    },
+    /// Stop a resource and remove its data (idempotent).
+    DeleteResource {
+        /// The resource.
+        request: ResourceRequest,
     },
 }
 

@@ -22,6 +22,7 @@ async fn agent(dir: &std::path::Path) -> AgentLink {
     spawn_embedded(AgentDirs {
         work_dir: dir.join("work"),
         state_dir: dir.join("state"),
+        resources_dir: dir.join("resources"),
     })
     .unwrap()
 }

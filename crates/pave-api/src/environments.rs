@@ -195,6 +195,18 @@ pub(crate) async fn delete(
         ));
     }
     load(&state, &name).await?;
+    let resources = state.engine.store().list_resources(Some(&name)).await?;
+    if !resources.is_empty() {
+        let names: Vec<&str> = resources.iter().map(|r| r.name.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "environment `{name}` still has resources ({}); delete them first",
+                names.join(", ")
+            ),
+        ));
+    }
     let busy = state.engine.store().count_unfinished_actions(&name).await?;
     if busy > 0 {
         return Err(ApiError::new(
@@ -220,4 +232,41 @@ pub(crate) async fn delete(
         ])
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The resources of an environment, with lifecycle, health and outputs (never credentials).
+#[utoipa::path(get, path = "/api/v1/environments/{name}/resources", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<pave_core::resource::Resource>), (status = 401), (status = 404)),
+    security(("bearer" = [])))]
+pub(crate) async fn resources(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<pave_core::resource::Resource>>, ApiError> {
+    load(&state, &name).await?;
+    Ok(Json(state.engine.store().list_resources(Some(&name)).await?))
+}
+
+/// One resource.
+#[utoipa::path(get, path = "/api/v1/environments/{name}/resources/{resource}",
+    params(("name" = String, Path), ("resource" = String, Path)),
+    responses((status = 200, body = pave_core::resource::Resource), (status = 401), (status = 404)),
+    security(("bearer" = [])))]
+pub(crate) async fn resource(
+    State(state): State<AppState>,
+    Path((name, resource)): Path<(String, String)>,
+) -> Result<Json<pave_core::resource::Resource>, ApiError> {
+    load(&state, &name).await?;
+    state
+        .engine
+        .store()
+        .get_resource(&name, &resource)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("resource `{resource}` not found in `{name}`"),
+            )
+        })
 }

@@ -57,6 +57,11 @@ pub fn router(state: AppState) -> Router {
                 .patch(environments::update)
                 .delete(environments::delete),
         )
+        .route("/environments/{name}/resources", get(environments::resources))
+        .route(
+            "/environments/{name}/resources/{resource}",
+            get(environments::resource),
+        )
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/whoami", get(auth::whoami))

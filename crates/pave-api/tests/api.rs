@@ -45,6 +45,7 @@ async fn start() -> Api {
     let link = pave_agent::spawn_embedded(AgentDirs {
         work_dir: dir.path().join("work"),
         state_dir: dir.path().join("agent"),
+        resources_dir: dir.path().join("resources"),
     })
     .unwrap();
     let mut agents = HashMap::new();

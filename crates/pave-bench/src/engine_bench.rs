@@ -69,6 +69,7 @@ pub async fn bench_engine(
     let agent = pave_agent::spawn_embedded(AgentDirs {
         work_dir: agent_root.join("work"),
         state_dir: agent_root.join("agent"),
+        resources_dir: agent_root.join("resources"),
     })
     .context("could not start the embedded agent")?;
     // The engine's calls are counted; the benchmark's own polling is not.

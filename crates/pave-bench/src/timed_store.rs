@@ -203,6 +203,18 @@ impl Store for TimedStore {
         self.read(self.inner.get_environment(name)).await
     }
 
+    async fn get_secret(&self, env: &str, name: &str) -> Result<Option<String>> {
+        self.read(self.inner.get_secret(env, name)).await
+    }
+
+    async fn get_resource(&self, env: &str, name: &str) -> Result<Option<pave_core::resource::Resource>> {
+        self.read(self.inner.get_resource(env, name)).await
+    }
+
+    async fn list_resources(&self, env: Option<&str>) -> Result<Vec<pave_core::resource::Resource>> {
+        self.read(self.inner.list_resources(env)).await
+    }
+
     async fn audit_head(&self) -> Result<(i64, String)> {
         self.read(self.inner.audit_head()).await
     }

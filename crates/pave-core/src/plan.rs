@@ -8,7 +8,7 @@ use crate::error::CoreError;
 use crate::job::JobSpec;
 
 /// Action kinds pave can run today.
-pub const KINDS: &[&str] = &["job", "noop"];
+pub const KINDS: &[&str] = &["job", "noop", "provision", "resource.delete", "resource.repair"];
 
 /// A planned action: its steps and the object it locks.
 #[derive(Debug, Clone)]
@@ -38,10 +38,70 @@ fn step(idx: i64, name: &str, kind: &str, idempotent: bool, spec: Value, undo: V
     }
 }
 
+/// Input of `provision`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionInput {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    spec: Value,
+}
+
+/// Input of `resource.delete` and `resource.repair`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceRef {
+    name: String,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(input: Value) -> Result<T, CoreError> {
+    serde_json::from_value(input).map_err(|e| CoreError::InvalidInput(e.to_string()))
+}
+
 /// Validates `input` for `kind` and plans its steps. `action_id` names the
 /// object of actions that have none of their own (a job is its own object).
-pub fn plan(kind: &str, action_id: &str, input: Value) -> Result<Plan, CoreError> {
+pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan, CoreError> {
     match kind {
+        "provision" => {
+            let p: ProvisionInput = parse(input)?;
+            let spec = crate::resource::validate(&p.kind, &p.name, &p.spec)?;
+            let target = json!({ "env": env, "name": p.name, "kind": p.kind, "spec": spec });
+            let undo = json!({ "kind": "delete_resource", "spec": { "env": env, "name": p.name } });
+            Ok(Plan {
+                object: format!("resource/{env}/{}", p.name),
+                steps: vec![step(
+                    0,
+                    &format!("provision {} {}", p.kind, p.name),
+                    "provision_resource",
+                    true,
+                    target.clone(),
+                    undo,
+                )],
+                input: json!({ "name": p.name, "kind": p.kind, "spec": spec }),
+            })
+        }
+        "resource.delete" | "resource.repair" => {
+            let r: ResourceRef = parse(input)?;
+            crate::names::validate_name("resource", &r.name)?;
+            let (verb, step_kind) = if kind == "resource.delete" {
+                ("delete", "delete_resource")
+            } else {
+                ("repair", "repair_resource")
+            };
+            Ok(Plan {
+                object: format!("resource/{env}/{}", r.name),
+                steps: vec![step(
+                    0,
+                    &format!("{verb} {}", r.name),
+                    step_kind,
+                    true,
+                    json!({ "env": env, "name": r.name }),
+                    Value::Null,
+                )],
+                input: json!({ "name": r.name }),
+            })
+        }
         "job" => {
             let spec: JobSpec =
                 serde_json::from_value(input).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
@@ -80,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_job_is_one_non_idempotent_step_locking_itself() {
-        let p = plan("job", "a1", json!({"command": ["echo", "hi"]})).unwrap();
+        let p = plan("job", "a1", "local", json!({"command": ["echo", "hi"]})).unwrap();
         assert_eq!(p.object, "job/a1");
         assert_eq!(p.steps.len(), 1);
         assert!(!p.steps[0].idempotent);
@@ -92,6 +152,7 @@ mod tests {
         let p = plan(
             "job",
             "a1",
+            "local",
             json!({"command": ["touch", "x"], "undo": ["rm", "x"]}),
         )
         .unwrap();
@@ -99,11 +160,32 @@ mod tests {
     }
 
     #[test]
+    fn a_provision_locks_its_resource_and_deletes_it_on_rollback() {
+        let p = plan(
+            "provision",
+            "a1",
+            "staging",
+            json!({"name": "db", "kind": "postgres"}),
+        )
+        .unwrap();
+        assert_eq!(p.object, "resource/staging/db");
+        assert!(p.steps[0].idempotent);
+        assert_eq!(p.steps[0].compensation["kind"], "delete_resource");
+        assert!(plan(
+            "provision",
+            "a1",
+            "staging",
+            json!({"name": "db", "kind": "postgres", "size": 1})
+        )
+        .is_err());
+    }
+
+    #[test]
     fn unknown_kind_and_bad_input_are_refused() {
         assert_eq!(
-            plan("teleport", "a", json!({})).unwrap_err(),
+            plan("teleport", "a", "local", json!({})).unwrap_err(),
             CoreError::UnknownKind("teleport".into())
         );
-        assert!(plan("job", "a", json!({"command": "echo"})).is_err());
+        assert!(plan("job", "a", "local", json!({"command": "echo"})).is_err());
     }
 }

@@ -29,6 +29,10 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// How often the queue is polled when nothing wakes the worker loop.
     pub poll: Duration,
+    /// The vault's master key; without it, nothing that needs a credential runs.
+    pub master_key: Option<pave_core::vault::MasterKey>,
+    /// How often ready resources are checked for health (drift).
+    pub health_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +42,8 @@ impl Default for EngineConfig {
             workers: 64,
             lease: Duration::from_secs(15),
             poll: Duration::from_millis(250),
+            master_key: None,
+            health_every: Duration::from_secs(10),
         }
     }
 }
@@ -142,7 +148,7 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("environment `{}`", sub.env)))?;
         let id = ids::new_id();
-        let planned = plan::plan(&sub.kind, &id, sub.input)?;
+        let planned = plan::plan(&sub.kind, &id, &env.name, sub.input)?;
         let decision = self.inner.policy.evaluate(&PolicyInput {
             actor: &sub.actor,
             kind: &sub.kind,
@@ -397,6 +403,7 @@ impl Engine {
         let slots = Arc::new(Semaphore::new(self.inner.config.workers));
         let lease_ms = self.inner.config.lease.as_millis() as i64;
         let renewer = tokio::spawn(self.clone().renew_loop());
+        let health = tokio::spawn(self.clone().health_loop());
         let mut resume_own = true;
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -446,6 +453,14 @@ impl Engine {
             );
         }
         renewer.abort();
+        health.abort();
+    }
+
+    async fn health_loop(self) {
+        loop {
+            tokio::time::sleep(self.inner.config.health_every).await;
+            crate::resources::sweep(&self).await;
+        }
     }
 
     /// Stops claiming work; [`Engine::run`] then drains and returns.

@@ -7,6 +7,7 @@ mod agents;
 mod engine;
 mod error;
 mod policy;
+mod resources;
 mod runner;
 
 pub use agents::AgentHub;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+use crate::resources::{self, Prepared};
 
 /// Log lines are written in batches of at most this many, or this often.
 const LOG_BATCH: usize = 256;
@@ -235,11 +236,11 @@ impl Run {
             if self.engine.inner.stopping.is_cancelled() {
                 return Ok(PassEnd::Stopped);
             }
-            let payload = match payload_for(&step.kind, &step.spec) {
+            let prepared = match self.prepare(&step.kind, &step.spec).await {
                 Ok(p) => p,
-                Err(e) => return Ok(PassEnd::Failed(self.step_error(&step, "invalid_step", e))),
+                Err((code, message)) => return self.fail_before_start(&step, &code, message).await,
             };
-            match self.execute(i, payload, false).await? {
+            match self.execute(i, prepared, false, &step.kind, &step.spec).await? {
                 Ok(output) => self.action.steps[i].output = output,
                 Err(end) => return Ok(end),
             }
@@ -266,15 +267,57 @@ impl Run {
                 continue;
             }
             let kind = step.compensation["kind"].as_str().unwrap_or_default().to_string();
-            let payload = match payload_for(&kind, &step.compensation["spec"]) {
+            let spec = step.compensation["spec"].clone();
+            let prepared = match self.prepare(&kind, &spec).await {
                 Ok(p) => p,
-                Err(e) => return Ok(PassEnd::Failed(self.step_error(&step, "invalid_compensation", e))),
+                Err((_, message)) => {
+                    return Ok(PassEnd::Failed(self.step_error(
+                        &step,
+                        "rollback_failed",
+                        format!("undoing step `{}` failed: {message}", step.name),
+                    )))
+                }
             };
-            if let Err(end) = self.execute(i, payload, true).await? {
+            if let Err(end) = self.execute(i, prepared, true, &kind, &spec).await? {
                 return Ok(end);
             }
         }
         Ok(PassEnd::Done)
+    }
+
+    async fn prepare(&self, kind: &str, spec: &Value) -> Result<Prepared, resources::PrepareError> {
+        if let Some(r) = resources::prepare(&self.engine, self.id(), kind, spec).await {
+            return r;
+        }
+        payload_for(kind, spec)
+            .map(|payload| Prepared {
+                payload,
+                before: vec![],
+            })
+            .map_err(|m| ("invalid_step".to_string(), m))
+    }
+
+    /// Records a step that failed before its command could be sent, and the action's end.
+    async fn fail_before_start(
+        &mut self,
+        step: &Step,
+        code: &str,
+        message: String,
+    ) -> Result<PassEnd, pave_store::StoreError> {
+        let error = self.step_error(step, code, message);
+        let mut ops = vec![WriteOp::UpdateStep {
+            action_id: self.id().to_string(),
+            idx: step.idx,
+            set: StepUpdate {
+                state: Some(StepState::Failed),
+                finished_at: Some(Some(now_ms())),
+                error: Some(Some(error.clone())),
+                ..Default::default()
+            },
+        }];
+        ops.extend(self.finish(ActionState::Failed, Some(error), Value::Null));
+        self.write(ops).await?;
+        Ok(PassEnd::Recorded)
     }
 
     fn step_error(&self, step: &Step, code: &str, message: String) -> ActionError {
@@ -313,9 +356,12 @@ impl Run {
     async fn execute(
         &mut self,
         i: usize,
-        payload: CommandPayload,
+        prepared: Prepared,
         compensation: bool,
+        kind: &str,
+        spec: &Value,
     ) -> Result<Result<Value, PassEnd>, pave_store::StoreError> {
+        let Prepared { payload, before } = prepared;
         let step = self.action.steps[i].clone();
         let attempt = step.attempt + 1;
         let (running, done) = if compensation {
@@ -323,7 +369,8 @@ impl Run {
         } else {
             (StepState::Running, StepState::Succeeded)
         };
-        self.write(vec![WriteOp::UpdateStep {
+        let mut start = before;
+        start.push(WriteOp::UpdateStep {
             action_id: self.id().to_string(),
             idx: step.idx,
             set: StepUpdate {
@@ -333,8 +380,8 @@ impl Run {
                 finished_at: Some(None),
                 ..Default::default()
             },
-        }])
-        .await?;
+        });
+        self.write(start).await?;
         self.action.steps[i].state = running;
         self.action.steps[i].attempt = attempt;
 
@@ -346,6 +393,7 @@ impl Run {
             if compensation { ".undo" } else { "" }
         );
         let outcome = self.dispatch(&step, command_id.clone(), payload).await?;
+        let outcome_copy = outcome.clone();
         let now = now_ms();
         let (state, output, error, end) = match outcome {
             Outcome::Succeeded { output } => (done, output, None, None),
@@ -386,7 +434,8 @@ impl Run {
                 (state, output, Some(e.clone()), Some(PassEnd::Cancelled(e)))
             }
         };
-        let mut ops = vec![WriteOp::UpdateStep {
+        let mut ops = resources::after(&self.engine, kind, spec, &outcome_copy).await;
+        ops.push(WriteOp::UpdateStep {
             action_id: self.id().to_string(),
             idx: step.idx,
             set: StepUpdate {
@@ -396,7 +445,7 @@ impl Run {
                 error: Some(error),
                 ..Default::default()
             },
-        }];
+        });
         let last = i + 1 == self.action.steps.len();
         // The last step's result and the action's end commit together.
         let end_now = end.is_some() || (last && !compensation);

@@ -16,6 +16,7 @@ async fn engine(dir: &std::path::Path, store: DynStore, node: &str) -> Engine {
     let link = pave_agent::spawn_embedded(AgentDirs {
         work_dir: dir.join("work"),
         state_dir: dir.join("agent"),
+        resources_dir: dir.join("resources"),
     })
     .unwrap();
     let mut agents = HashMap::new();
@@ -34,7 +35,7 @@ async fn engine(dir: &std::path::Path, store: DynStore, node: &str) -> Engine {
 /// An action claimed by `node` whose only step was running when the node died.
 async fn crashed_mid_step(store: &DynStore, kind: &str, input: serde_json::Value, node: &str) -> String {
     let id = ids::new_id();
-    let p = plan::plan(kind, &id, input).unwrap();
+    let p = plan::plan(kind, &id, "local", input).unwrap();
     let a = Action {
         id: id.clone(),
         kind: kind.into(),

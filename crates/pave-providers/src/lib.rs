@@ -42,6 +42,12 @@ pub struct Provisioned {
     pub location: String,
 }
 
+/// Sets `dir` to mode 0711: others may pass through, not list.
+fn traversable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+}
+
 /// The local providers, keeping each resource under `root/<env>/<name>`.
 #[derive(Debug, Clone)]
 pub struct LocalProviders {
@@ -52,6 +58,7 @@ impl LocalProviders {
     /// Providers rooted at `root` (created if missing).
     pub fn new(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
+        traversable(root)?;
         Ok(LocalProviders {
             root: root.to_path_buf(),
         })
@@ -59,6 +66,15 @@ impl LocalProviders {
 
     fn dir(&self, req: &ResourceRequest) -> PathBuf {
         self.root.join(&req.env).join(&req.name)
+    }
+
+    /// Makes the environment's directory; servers that run as another user
+    /// (PostgreSQL as `postgres`) must be able to pass through it.
+    fn env_dir(&self, req: &ResourceRequest) -> Result<(), ProviderError> {
+        let dir = self.root.join(&req.env);
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| traversable(&dir))
+            .map_err(|e| ProviderError::Io(format!("could not create {}: {e}", dir.display())))
     }
 
     fn password(req: &ResourceRequest) -> Result<&str, ProviderError> {
@@ -73,6 +89,7 @@ impl LocalProviders {
     pub async fn create(&self, req: &ResourceRequest) -> Result<Provisioned, ProviderError> {
         let dir = self.dir(req);
         let password = Self::password(req)?;
+        self.env_dir(req)?;
         match req.kind.as_str() {
             "postgres" => postgres::create(&dir, &req.spec, password).await,
             "redis" => redis::create(&dir, password).await,

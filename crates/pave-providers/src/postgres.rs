@@ -86,6 +86,30 @@ async fn start(dir: &Path, port: u16) -> Result<(), ProviderError> {
     Ok(())
 }
 
+/// PostgreSQL runs as `postgres` and must reach its directory; a data directory
+/// under a private home (mode 0700) is the usual reason it cannot.
+async fn reachable_by_postgres(dir: &Path) -> Result<(), ProviderError> {
+    if !crate::process::is_root() {
+        return Ok(());
+    }
+    let ok = tokio::process::Command::new("runuser")
+        .args(["-u", USER, "--", "test", "-w"])
+        .arg(dir)
+        .status()
+        .await
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(ProviderError::Invalid(format!(
+            "the `postgres` user cannot reach {}: a directory above it is private (mode 0700?). \
+             Run pave serve with a --data-dir that other users can traverse, e.g. /var/lib/pave",
+            dir.display()
+        )))
+    }
+}
+
 pub async fn create(dir: &Path, spec: &Value, password: &str) -> Result<Provisioned, ProviderError> {
     let (db, user) = names(spec)?;
     let state = match read_state(dir) {
@@ -106,6 +130,7 @@ pub async fn create(dir: &Path, spec: &Value, password: &str) -> Result<Provisio
         }
         None => {
             make_dir_for(dir, Some(USER)).await?;
+            reachable_by_postgres(dir).await?;
             let data = dir.join("data");
             if !data.join("PG_VERSION").exists() {
                 let data = data.display().to_string();

@@ -70,6 +70,15 @@ pub trait Store: Send + Sync + 'static {
     /// Actions of an environment that have not ended (they block its deletion).
     async fn count_unfinished_actions(&self, env: &str) -> Result<i64>;
 
+    /// A sealed secret (JSON of `pave_core::vault::Sealed`).
+    async fn get_secret(&self, env: &str, name: &str) -> Result<Option<String>>;
+
+    /// One resource.
+    async fn get_resource(&self, env: &str, name: &str) -> Result<Option<pave_core::resource::Resource>>;
+
+    /// Resources of an environment (all environments with `None`), by name.
+    async fn list_resources(&self, env: Option<&str>) -> Result<Vec<pave_core::resource::Resource>>;
+
     /// An environment by name.
     async fn get_environment(&self, name: &str) -> Result<Option<Environment>>;
 

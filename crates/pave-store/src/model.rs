@@ -49,6 +49,42 @@ pub enum WriteOp {
     },
     /// Removes an environment.
     DeleteEnvironment(String),
+    /// Stores a sealed secret unless one of that name exists (so that a re-run
+    /// step keeps the credential it was first given).
+    PutSecretIfAbsent {
+        /// Environment scope.
+        env: String,
+        /// Secret name.
+        name: String,
+        /// The sealed value (JSON of `pave_core::vault::Sealed`).
+        sealed: String,
+    },
+    /// Removes the secrets of an environment whose names start with `prefix`.
+    DeleteSecrets {
+        /// Environment scope.
+        env: String,
+        /// Name prefix.
+        prefix: String,
+    },
+    /// Creates or replaces a resource record.
+    PutResource(Box<pave_core::resource::Resource>),
+    /// Records a health check of a ready resource (ignored in any other lifecycle,
+    /// so that a check racing an action does not overwrite it).
+    SetResourceHealth {
+        /// Environment.
+        env: String,
+        /// Resource name.
+        name: String,
+        /// `healthy`, or what is wrong.
+        health: String,
+    },
+    /// Removes a resource record.
+    DeleteResource {
+        /// Environment.
+        env: String,
+        /// Resource name.
+        name: String,
+    },
 }
 
 /// Fields of an action to change; `None` leaves a field as it is.

@@ -25,6 +25,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 const ACTION_COLUMNS: &str = "id, kind, env, object, actor, input, state, attempt, error, result, \
      idempotency_key, cancel_requested, created_at, updated_at";
+const RESOURCE_COLUMNS: &str = "env, name, kind, spec, lifecycle, health, checked_at, outputs, credentials, \
+     location, created_by, created_at, updated_at";
 const STEP_COLUMNS: &str = "action_id, idx, name, kind, idempotent, state, attempt, spec, output, \
      error, compensation, started_at, finished_at";
 
@@ -151,6 +153,29 @@ macro_rules! sql_store {
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
                     steps: Vec::new(),
+                })
+            }
+
+            fn resource_from_row(row: &<$db as sqlx::Database>::Row) -> Result<pave_core::resource::Resource> {
+                let lifecycle: String = row.try_get("lifecycle")?;
+                let outputs: String = row.try_get("outputs")?;
+                let credentials: String = row.try_get("credentials")?;
+                Ok(pave_core::resource::Resource {
+                    env: row.try_get("env")?,
+                    name: row.try_get("name")?,
+                    kind: row.try_get("kind")?,
+                    spec: parse_json(&row.try_get::<String, _>("spec")?, "spec")?,
+                    lifecycle: pave_core::resource::ResourceLifecycle::parse(&lifecycle)
+                        .ok_or_else(|| StoreError::Corrupt(format!("lifecycle `{lifecycle}`")))?,
+                    health: row.try_get("health")?,
+                    checked_at: row.try_get("checked_at")?,
+                    outputs: serde_json::from_str(&outputs).map_err(|e| StoreError::Corrupt(format!("outputs: {e}")))?,
+                    credentials: serde_json::from_str(&credentials)
+                        .map_err(|e| StoreError::Corrupt(format!("credentials: {e}")))?,
+                    location: row.try_get("location")?,
+                    created_by: row.try_get("created_by")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
                 })
             }
 
@@ -426,6 +451,74 @@ macro_rules! sql_store {
                         if r.rows_affected() == 0 {
                             return Err(StoreError::NotFound(format!("environment `{name}`")));
                         }
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::PutSecretIfAbsent { env, name, sealed } => {
+                        sqlx::query(
+                            "INSERT INTO secrets (env, name, version, sealed, created_at) VALUES ($1, $2, 1, $3, $4) \
+                             ON CONFLICT (env, name) DO NOTHING",
+                        )
+                        .bind(env)
+                        .bind(name)
+                        .bind(sealed)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DeleteSecrets { env, prefix } => {
+                        sqlx::query("DELETE FROM secrets WHERE env = $1 AND substr(name, 1, length($2)) = $2")
+                            .bind(env)
+                            .bind(prefix)
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::PutResource(r) => {
+                        sqlx::query(
+                            "INSERT INTO resources (env, name, kind, spec, lifecycle, health, checked_at, outputs, \
+                             credentials, location, created_by, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                             ON CONFLICT (env, name) DO UPDATE SET kind = $3, spec = $4, lifecycle = $5, \
+                             health = $6, checked_at = $7, outputs = $8, credentials = $9, location = $10, \
+                             updated_at = $13",
+                        )
+                        .bind(&r.env)
+                        .bind(&r.name)
+                        .bind(&r.kind)
+                        .bind(json_text(&r.spec))
+                        .bind(r.lifecycle.as_str())
+                        .bind(&r.health)
+                        .bind(r.checked_at)
+                        .bind(serde_json::to_string(&r.outputs).unwrap_or_else(|_| "{}".into()))
+                        .bind(serde_json::to_string(&r.credentials).unwrap_or_else(|_| "[]".into()))
+                        .bind(&r.location)
+                        .bind(&r.created_by)
+                        .bind(r.created_at)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::SetResourceHealth { env, name, health } => {
+                        sqlx::query(
+                            "UPDATE resources SET health = $3, checked_at = $4 \
+                             WHERE env = $1 AND name = $2 AND lifecycle = 'ready'",
+                        )
+                        .bind(env)
+                        .bind(name)
+                        .bind(health)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DeleteResource { env, name } => {
+                        sqlx::query("DELETE FROM resources WHERE env = $1 AND name = $2")
+                            .bind(env)
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?;
                         Ok(OpResult::Done)
                     }
                     WriteOp::InsertToken(t) => {
@@ -836,6 +929,36 @@ macro_rules! sql_store {
                 .fetch_one(self.reader())
                 .await?;
                 Ok(n)
+            }
+
+            async fn get_secret(&self, env: &str, name: &str) -> Result<Option<String>> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT sealed FROM secrets WHERE env = $1 AND name = $2")
+                    .bind(env)
+                    .bind(name)
+                    .fetch_optional(self.writer())
+                    .await?;
+                Ok(row.map(|(s,)| s))
+            }
+
+            async fn get_resource(&self, env: &str, name: &str) -> Result<Option<pave_core::resource::Resource>> {
+                let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE env = $1 AND name = $2");
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(env)
+                    .bind(name)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::resource_from_row).transpose()
+            }
+
+            async fn list_resources(&self, env: Option<&str>) -> Result<Vec<pave_core::resource::Resource>> {
+                let sql = format!(
+                    "SELECT {RESOURCE_COLUMNS} FROM resources WHERE ($1 = '' OR env = $1) ORDER BY env, name"
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(env.unwrap_or(""))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(Self::resource_from_row).collect()
             }
 
             async fn get_environment(&self, name: &str) -> Result<Option<Environment>> {

@@ -11,7 +11,7 @@ use serde_json::json;
 
 fn new_action(actor: &str, key: Option<&str>, object: Option<&str>) -> Action {
     let id = ids::new_id();
-    let p = plan::plan("job", &id, json!({"command": ["true"]})).unwrap();
+    let p = plan::plan("job", &id, "local", json!({"command": ["true"]})).unwrap();
     Action {
         id,
         kind: "job".into(),

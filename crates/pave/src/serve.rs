@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use pave_agent::embedded::AgentDirs;
 use pave_core::time::now_ms;
+use pave_core::vault::MasterKey;
 use pave_core::{ids, AuditDraft};
 use pave_engine::{AgentHub, AllowAll, Engine, EngineConfig};
 use pave_store::{TokenRecord, WriteOp};
@@ -67,10 +68,12 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<
     }
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::fill(&mut buf[..]);
-    hex::encode(buf)
+#[allow(unsafe_code)]
+fn set_private_umask() {
+    // SAFETY: umask(2) only changes this process's file creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
 }
 
 /// Everything `serve` sets up before it listens; shared with the benchmark.
@@ -85,14 +88,25 @@ pub async fn start(
     data_dir: &Path,
     database_url: Option<&str>,
     workers: usize,
+    health_every: Duration,
 ) -> anyhow::Result<ControlPlane> {
+    set_private_umask();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("could not create data directory {}", data_dir.display()))?;
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+    // Traversable but not listable: resource servers run as other users (PostgreSQL
+    // as `postgres`) and must reach their directories below; every secret file
+    // in it is 0600, and the umask set at start keeps new files private.
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711))?;
     let lock = lock_data_dir(data_dir)?;
     let (node_id, _) = read_or_create(&data_dir.join("node.id"), ids::new_id)?;
     // The vault's master key; credentials are encrypted with it from the governance work on.
-    read_or_create(&data_dir.join("master.key"), || random_hex(32))?;
+    let (master_hex, _) = read_or_create(&data_dir.join("master.key"), MasterKey::generate_hex)?;
+    let master_key = MasterKey::from_hex(&master_hex).with_context(|| {
+        format!(
+            "{} is not a valid master key",
+            data_dir.join("master.key").display()
+        )
+    })?;
 
     let url = match database_url {
         Some(u) => u.to_string(),
@@ -105,6 +119,7 @@ pub async fn start(
     let agent = pave_agent::spawn_embedded(AgentDirs {
         work_dir: data_dir.join("work"),
         state_dir: data_dir.join("agent"),
+        resources_dir: data_dir.join("resources"),
     })
     .context("could not start the embedded agent")?;
     let mut agents = HashMap::new();
@@ -116,6 +131,8 @@ pub async fn start(
         EngineConfig {
             node_id,
             workers,
+            master_key: Some(master_key),
+            health_every,
             ..EngineConfig::default()
         },
     );
@@ -199,7 +216,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics disabled"))
         .ok();
-    let cp = start(&args.data_dir, args.database_url.as_deref(), args.workers).await?;
+    let cp = start(
+        &args.data_dir,
+        args.database_url.as_deref(),
+        args.workers,
+        args.health_every,
+    )
+    .await?;
     ensure_admin_token(&cp).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -4,6 +4,7 @@ mod actions;
 mod audit;
 mod env;
 mod login;
+mod resources;
 mod run;
 
 use std::net::SocketAddr;
@@ -54,6 +55,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a command once on a target, as a `job` action.
     Run(run::RunArgs),
+    /// Provision a resource (postgres, redis) in an environment.
+    Provision(resources::ProvisionArgs),
+    /// List, inspect, repair and delete resources.
+    #[command(subcommand)]
+    Resources(resources::ResourcesCmd),
     /// Inspect and steer actions.
     #[command(subcommand)]
     Actions(actions::ActionsCmd),
@@ -87,6 +93,9 @@ pub struct ServeArgs {
     /// Actions run at once.
     #[arg(long, env = "PAVE_WORKERS", default_value_t = 64)]
     pub workers: usize,
+    /// How often ready resources are checked for health.
+    #[arg(long, env = "PAVE_HEALTH_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub health_every: Duration,
     /// On SIGTERM, how long running steps may take to finish.
     #[arg(long, env = "PAVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -102,6 +111,8 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Actions(cmd) => actions::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Env(cmd) => env::run(cmd).await,
+        Command::Provision(args) => resources::provision(args).await,
+        Command::Resources(cmd) => resources::run(cmd).await,
         Command::Login(args) => login::login(args).await,
         Command::Version(args) => login::version(args).await,
     };

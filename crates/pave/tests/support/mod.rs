@@ -5,6 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A temporary directory other users may pass through (PostgreSQL resources
+/// run as `postgres` below it).
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    d
+}
+
 pub fn pave_bin() -> &'static str {
     env!("CARGO_BIN_EXE_pave")
 }
@@ -30,8 +39,9 @@ impl Server {
             .arg(data_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .env("PAVE_HEALTH_EVERY", "1s")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(server_log(data_dir));
         if let Some(u) = database_url {
             cmd.arg("--database-url").arg(u);
         }
@@ -116,6 +126,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The server's log goes next to its data directory, appended across restarts.
+pub fn server_log(data_dir: &Path) -> Stdio {
+    let path = data_dir.with_extension("log");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }
 
 /// Status of a plain HTTP/1.0 GET on loopback, with an optional bearer token.
