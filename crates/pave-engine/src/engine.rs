@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     pub changes: broadcast::Sender<String>,
     /// Stops claiming new work.
     pub stopping: CancellationToken,
+    /// Environment → target, see [`Engine::target_of`].
+    pub targets: Mutex<HashMap<String, String>>,
 }
 
 /// The engine. Cheap to clone.
@@ -116,6 +118,7 @@ impl Engine {
                 wake: Notify::new(),
                 changes,
                 stopping: CancellationToken::new(),
+                targets: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -221,6 +224,7 @@ impl Engine {
         }
         metrics::counter!("pave_actions_created_total", "kind" => action.kind.clone()).increment(1);
         self.changed(&id);
+        self.wake();
         Ok((action, true))
     }
 
@@ -273,6 +277,7 @@ impl Engine {
         ));
         self.inner.writer.write(ops).await?;
         self.changed(id);
+        self.wake();
         self.load(id).await
     }
 
@@ -340,6 +345,7 @@ impl Engine {
             Err(e) => return Err(e.into()),
         }
         self.changed(id);
+        self.wake();
         self.load(id).await
     }
 
@@ -379,6 +385,7 @@ impl Engine {
             ])
             .await?;
         self.changed(id);
+        self.wake();
         self.load(id).await
     }
 
@@ -391,9 +398,38 @@ impl Engine {
             .cloned()
     }
 
+    /// Tells live streams that an action changed.
     pub(crate) fn changed(&self, id: &str) {
         let _ = self.inner.changes.send(id.to_string());
+    }
+
+    /// Tells the worker loop there may be work to claim (a new or requeued
+    /// action, a released object lock, a free slot).
+    pub(crate) fn wake(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// The target an environment runs on. Cached: an environment's target never
+    /// changes, and one with unfinished actions cannot be deleted.
+    pub(crate) async fn target_of(&self, env: &str) -> Result<Option<String>, pave_store::StoreError> {
+        if let Some(t) = self
+            .inner
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(env)
+        {
+            return Ok(Some(t.clone()));
+        }
+        let Some(e) = self.inner.store.get_environment(env).await? else {
+            return Ok(None);
+        };
+        self.inner
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(env.to_string(), e.target.clone());
+        Ok(Some(e.target))
     }
 
     /// Runs the worker loop until [`Engine::shutdown`]: resumes this node's
@@ -405,16 +441,22 @@ impl Engine {
         let renewer = tokio::spawn(self.clone().renew_loop());
         let health = tokio::spawn(self.clone().health_loop());
         let mut resume_own = true;
+        let mut polled = true;
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if self.inner.stopping.is_cancelled() {
                 break;
             }
             let free = slots.available_permits();
-            if free > 0 {
+            // Under load, claim in batches: a claim is a transaction, and one per
+            // finished action would take the writer from the actions themselves.
+            // When idle, or when the poll timer fired, any free slot is enough.
+            let batch = (self.inner.config.workers / 4).max(1);
+            let busy = self.inner.config.workers - free;
+            if free > 0 && (free >= batch || busy == 0 || polled) {
                 match self
                     .inner
-                    .store
+                    .writer
                     .claim(&self.inner.config.node_id, free as i64, lease_ms, resume_own)
                     .await
                 {
@@ -435,11 +477,11 @@ impl Engine {
                 }
             }
             while tasks.try_join_next().is_some() {}
-            tokio::select! {
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(self.inner.config.poll) => {}
-                _ = self.inner.stopping.cancelled() => {}
-            }
+            polled = tokio::select! {
+                _ = self.inner.wake.notified() => false,
+                _ = tokio::time::sleep(self.inner.config.poll) => true,
+                _ = self.inner.stopping.cancelled() => false,
+            };
         }
         let running = tasks.len();
         if running > 0 {

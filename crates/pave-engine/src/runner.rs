@@ -50,7 +50,13 @@ pub(crate) async fn run(engine: Engine, action: Action) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), token.clone());
-    let log_seq = match engine.store().last_log_seq(&id).await {
+    // A fresh action has no log yet; only a resumed or retried one needs its last line number.
+    let fresh = action.attempt == 1 && action.steps.iter().all(|s| s.state == StepState::Pending);
+    let log_seq = match if fresh {
+        Ok(0)
+    } else {
+        engine.store().last_log_seq(&id).await
+    } {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(action = %id, error = %e, "could not read the action log; will retry");
@@ -63,8 +69,8 @@ pub(crate) async fn run(engine: Engine, action: Action) {
             return;
         }
     };
-    let target = match engine.store().get_environment(&action.env).await {
-        Ok(Some(env)) => env.target,
+    let target = match engine.target_of(&action.env).await {
+        Ok(Some(target)) => target,
         // An environment deleted under a queued action: the dispatch fails
         // with a clear "no agent" error on the step.
         Ok(None) => format!("(environment `{}` is gone)", action.env),
@@ -98,6 +104,7 @@ pub(crate) async fn run(engine: Engine, action: Action) {
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);
     engine.changed(&id);
+    engine.wake();
 }
 
 impl Run {

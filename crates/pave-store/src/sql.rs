@@ -48,7 +48,11 @@ impl SqliteStore {
             // only a power cut can lose the last commits.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // A bigger page cache and fewer, larger checkpoints: the queue churns
+            // the same few pages, and every checkpoint syncs the database file.
+            .pragma("cache_size", "-65536")
+            .pragma("wal_autocheckpoint", "10000");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts.clone())
@@ -131,6 +135,88 @@ fn placeholders(start: usize, n: usize) -> String {
 
 fn scope(actor: &str, key: &str) -> String {
     format!("{actor}\n{key}")
+}
+
+/// Audit rows per multi-row INSERT (9 parameters each, well under both limits).
+const AUDIT_ROWS_PER_INSERT: usize = 100;
+
+/// One event waiting to be inserted with its transaction.
+struct PendingEvent {
+    seq: i64,
+    time: i64,
+    actor: String,
+    verb: String,
+    object: String,
+    summary: String,
+    details: String,
+    prev_hash: String,
+    hash: String,
+}
+
+/// Audit events of one transaction, chained in memory from the head read at
+/// its start and inserted together before it commits.
+struct AuditBuf {
+    head: (i64, String),
+    pending: Vec<PendingEvent>,
+}
+
+impl AuditBuf {
+    fn new(head: (i64, String)) -> Self {
+        AuditBuf {
+            head,
+            pending: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, d: &AuditDraft, now: i64) {
+        let seq = self.head.0 + 1;
+        let details = d.details.to_string();
+        let hash = event_hash(
+            seq,
+            now,
+            &d.actor,
+            &d.verb,
+            &d.object,
+            &d.summary,
+            &details,
+            &self.head.1,
+        );
+        self.pending.push(PendingEvent {
+            seq,
+            time: now,
+            actor: d.actor.clone(),
+            verb: d.verb.clone(),
+            object: d.object.clone(),
+            summary: d.summary.clone(),
+            details,
+            prev_hash: std::mem::replace(&mut self.head.1, hash.clone()),
+            hash,
+        });
+        self.head.0 = seq;
+    }
+
+    fn mark(&self) -> ((i64, String), usize) {
+        (self.head.clone(), self.pending.len())
+    }
+
+    fn reset(&mut self, mark: ((i64, String), usize)) {
+        self.head = mark.0;
+        self.pending.truncate(mark.1);
+    }
+}
+
+/// Whether a request can fail without the database failing (a precondition, a
+/// unique key, a missing record), and so needs a savepoint of its own.
+fn needs_savepoint(request: &[WriteOp]) -> bool {
+    request.iter().any(|op| match op {
+        WriteOp::InsertAction(a) => a.idempotency_key.is_some(),
+        WriteOp::UpdateAction { expect, .. } => !expect.is_empty(),
+        WriteOp::InsertToken(_)
+        | WriteOp::InsertEnvironment(_)
+        | WriteOp::SetEnvironmentLabels { .. }
+        | WriteOp::DeleteEnvironment(_) => true,
+        _ => false,
+    })
 }
 
 macro_rules! sql_store {
@@ -233,7 +319,7 @@ macro_rules! sql_store {
             async fn apply_op(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 op: &WriteOp,
-                head: &mut (i64, String),
+                audit: &mut AuditBuf,
             ) -> Result<OpResult> {
                 let now = now_ms();
                 match op {
@@ -296,7 +382,7 @@ macro_rules! sql_store {
                         }
                         Ok(OpResult::Inserted)
                     }
-                    WriteOp::UpdateAction { id, expect, set } => {
+                    WriteOp::UpdateAction { id, expect, set } if !expect.is_empty() => {
                         let current: Option<(String,)> = sqlx::query_as(concat!(
                             "SELECT state FROM actions WHERE id = $1",
                             $for_update
@@ -319,35 +405,11 @@ macro_rules! sql_store {
                                     .join(" or "),
                             });
                         }
-                        sqlx::query(
-                            "UPDATE actions SET \
-                             state = COALESCE($2, state), \
-                             error = CASE WHEN $3 = 1 THEN $4 ELSE error END, \
-                             result = COALESCE($5, result), \
-                             attempt = COALESCE($6, attempt), \
-                             cancel_requested = COALESCE($7, cancel_requested), \
-                             lease_owner = CASE WHEN $8 = 1 THEN NULL ELSE lease_owner END, \
-                             lease_until = CASE WHEN $8 = 1 THEN NULL ELSE lease_until END, \
-                             updated_at = $9 \
-                             WHERE id = $1",
-                        )
-                        .bind(id)
-                        .bind(set.state.map(|s| s.as_str()))
-                        .bind(set.error.is_some() as i64)
-                        .bind(set.error.as_ref().and_then(error_text))
-                        .bind(set.result.as_ref().map(json_text))
-                        .bind(set.attempt)
-                        .bind(set.cancel_requested.map(|c| c as i64))
-                        .bind(set.release as i64)
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await?;
-                        if set.release {
-                            sqlx::query("DELETE FROM object_locks WHERE action_id = $1")
-                                .bind(id)
-                                .execute(&mut *conn)
-                                .await?;
-                        }
+                        Self::update_action(conn, id, set, now).await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::UpdateAction { id, set, .. } => {
+                        Self::update_action(conn, id, set, now).await?;
                         Ok(OpResult::Done)
                     }
                     WriteOp::UpdateStep { action_id, idx, set } => {
@@ -405,7 +467,7 @@ macro_rules! sql_store {
                         Ok(OpResult::Done)
                     }
                     WriteOp::Audit(draft) => {
-                        Self::append_audit(conn, draft, head, now).await?;
+                        audit.push(draft, now);
                         Ok(OpResult::Done)
                     }
                     WriteOp::InsertEnvironment(env) => {
@@ -540,32 +602,76 @@ macro_rules! sql_store {
                 }
             }
 
-            async fn append_audit(
+            async fn update_action(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                d: &AuditDraft,
-                head: &mut (i64, String),
+                id: &str,
+                set: &ActionUpdate,
                 now: i64,
             ) -> Result<()> {
-                let seq = head.0 + 1;
-                let details = d.details.to_string();
-                let hash = event_hash(seq, now, &d.actor, &d.verb, &d.object, &d.summary, &details, &head.1);
-                sqlx::query(
-                    "INSERT INTO audit_events (seq, time, actor, verb, object, summary, details, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(seq)
-                .bind(now)
-                .bind(&d.actor)
-                .bind(&d.verb)
-                .bind(&d.object)
-                .bind(&d.summary)
-                .bind(details)
-                .bind(&head.1)
-                .bind(&hash)
-                .execute(&mut *conn)
-                .await?;
-                *head = (seq, hash);
-                Ok(())
+                        let r = sqlx::query(
+                            "UPDATE actions SET \
+                             state = COALESCE($2, state), \
+                             error = CASE WHEN $3 = 1 THEN $4 ELSE error END, \
+                             result = COALESCE($5, result), \
+                             attempt = COALESCE($6, attempt), \
+                             cancel_requested = COALESCE($7, cancel_requested), \
+                             lease_owner = CASE WHEN $8 = 1 THEN NULL ELSE lease_owner END, \
+                             lease_until = CASE WHEN $8 = 1 THEN NULL ELSE lease_until END, \
+                             updated_at = $9 \
+                             WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(set.state.map(|s| s.as_str()))
+                        .bind(set.error.is_some() as i64)
+                        .bind(set.error.as_ref().and_then(error_text))
+                        .bind(set.result.as_ref().map(json_text))
+                        .bind(set.attempt)
+                        .bind(set.cancel_requested.map(|c| c as i64))
+                        .bind(set.release as i64)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("action {id}")));
+                        }
+                        if set.release {
+                            sqlx::query("DELETE FROM object_locks WHERE action_id = $1")
+                                .bind(id)
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        Ok(())
+            }
+
+            /// Inserts the buffered events (several rows per statement) and moves the head.
+            async fn flush_audit(conn: &mut <$db as sqlx::Database>::Connection, buf: &AuditBuf) -> Result<()> {
+                if buf.pending.is_empty() {
+                    return Ok(());
+                }
+                for chunk in buf.pending.chunks(AUDIT_ROWS_PER_INSERT) {
+                    let values: Vec<String> =
+                        (0..chunk.len()).map(|i| format!("({})", placeholders(i * 9 + 1, 9))).collect();
+                    let sql = format!(
+                        "INSERT INTO audit_events (seq, time, actor, verb, object, summary, details, prev_hash, hash) \
+                         VALUES {}",
+                        values.join(", ")
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for e in chunk {
+                        q = q
+                            .bind(e.seq)
+                            .bind(e.time)
+                            .bind(e.actor.clone())
+                            .bind(e.verb.clone())
+                            .bind(e.object.clone())
+                            .bind(e.summary.clone())
+                            .bind(e.details.clone())
+                            .bind(e.prev_hash.clone())
+                            .bind(e.hash.clone());
+                    }
+                    q.execute(&mut *conn).await?;
+                }
+                Self::write_head(conn, &buf.head).await
             }
 
             async fn read_head(conn: &mut <$db as sqlx::Database>::Connection) -> Result<(i64, String)> {
@@ -600,21 +706,30 @@ macro_rules! sql_store {
             async fn write(&self, requests: Vec<Vec<WriteOp>>) -> Result<Vec<Result<Vec<OpResult>>>> {
                 let mut tx = self.writer().begin().await?;
                 let needs_head = requests.iter().flatten().any(|op| matches!(op, WriteOp::Audit(_)));
-                let mut head = if needs_head {
-                    Self::read_head(&mut tx).await?
+                let mut audit = if needs_head {
+                    AuditBuf::new(Self::read_head(&mut tx).await?)
                 } else {
-                    (0, String::new())
+                    AuditBuf::new((0, String::new()))
                 };
-                let start_head = head.0;
                 let mut answers = Vec::with_capacity(requests.len());
                 for request in &requests {
-                    let saved = head.clone();
+                    if !needs_savepoint(request) {
+                        // Nothing here can fail short of a database error, which fails
+                        // the whole transaction (the batcher then retries each request alone).
+                        let mut results = Vec::with_capacity(request.len());
+                        for op in request {
+                            results.push(Self::apply_op(&mut tx, op, &mut audit).await?);
+                        }
+                        answers.push(Ok(results));
+                        continue;
+                    }
+                    let mark = audit.mark();
                     let mut sp = Connection::begin(&mut *tx).await?;
                     let mut results = Vec::with_capacity(request.len());
                     let mut outcome: Result<()> = Ok(());
                     let mut keep = true;
                     for op in request {
-                        match Self::apply_op(&mut sp, op, &mut head).await {
+                        match Self::apply_op(&mut sp, op, &mut audit).await {
                             Ok(OpResult::Existing(id)) => {
                                 // Idempotent replay: nothing of this request is written.
                                 results.clear();
@@ -634,13 +749,11 @@ macro_rules! sql_store {
                         sp.commit().await?;
                     } else {
                         sp.rollback().await?;
-                        head = saved;
+                        audit.reset(mark);
                     }
                     answers.push(outcome.map(|_| results));
                 }
-                if needs_head && head.0 != start_head {
-                    Self::write_head(&mut tx, &head).await?;
-                }
+                Self::flush_audit(&mut tx, &audit).await?;
                 tx.commit().await?;
                 Ok(answers)
             }
@@ -709,12 +822,12 @@ macro_rules! sql_store {
             ) -> Result<Vec<Action>> {
                 let now = now_ms();
                 let mut tx = self.writer().begin().await?;
-                let candidates: Vec<(String, String, String)> = sqlx::query_as(concat!(
+                // Two queries, so that each uses its index: actions whose node died
+                // (or this node's, after its restart) first, then the queue.
+                let mut candidates: Vec<(String, String, String)> = sqlx::query_as(concat!(
                     "SELECT id, state, object FROM actions \
-                     WHERE state = 'queued' \
-                        OR (state IN ('running', 'rolling_back') \
-                            AND (lease_until IS NULL OR lease_until < $1 \
-                                 OR ($2 = 1 AND lease_owner = $3))) \
+                     WHERE state IN ('running', 'rolling_back') \
+                       AND (lease_until IS NULL OR lease_until < $1 OR ($2 = 1 AND lease_owner = $3)) \
                      ORDER BY id LIMIT $4",
                     $skip_locked
                 ))
@@ -724,47 +837,65 @@ macro_rules! sql_store {
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
-                let mut head: Option<(i64, String)> = None;
-                let mut claimed = Vec::new();
+                let room = limit - candidates.len() as i64;
+                if room > 0 {
+                    let queued: Vec<(String, String, String)> = sqlx::query_as(concat!(
+                        "SELECT id, state, object FROM actions WHERE state = 'queued' ORDER BY id LIMIT $1",
+                        $skip_locked
+                    ))
+                    .bind(room)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    candidates.extend(queued);
+                }
+                let mut claimed: Vec<(String, String)> = Vec::new();
                 for (id, state, object) in candidates {
                     // The object lock: taken unless another action holds it.
-                    sqlx::query(
+                    let taken = sqlx::query(
                         "INSERT INTO object_locks (object, action_id) VALUES ($1, $2) \
                          ON CONFLICT (object) DO NOTHING",
                     )
                     .bind(&object)
                     .bind(&id)
                     .execute(&mut *tx)
-                    .await?;
-                    let (holder,): (String,) =
-                        sqlx::query_as("SELECT action_id FROM object_locks WHERE object = $1")
-                            .bind(&object)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    if holder != id {
-                        continue;
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if !taken {
+                        // An active action resumed after a crash still holds its own lock.
+                        let holder: Option<(String,)> =
+                            sqlx::query_as("SELECT action_id FROM object_locks WHERE object = $1")
+                                .bind(&object)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        if state == "queued" || holder.map(|(h,)| h) != Some(id.clone()) {
+                            continue;
+                        }
                     }
-                    let resumed = state != "queued";
-                    let new_state = if resumed { state.clone() } else { "running".to_string() };
-                    sqlx::query(
-                        "UPDATE actions SET state = $2, lease_owner = $3, lease_until = $4, updated_at = $5 \
-                         WHERE id = $1",
-                    )
-                    .bind(&id)
-                    .bind(&new_state)
-                    .bind(node)
-                    .bind(now + lease_ms)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    if head.is_none() {
-                        head = Some(Self::read_head(&mut tx).await?);
+                    claimed.push((id, state));
+                }
+                let mut actions = Vec::with_capacity(claimed.len());
+                if !claimed.is_empty() {
+                    let sql = format!(
+                        "UPDATE actions SET state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
+                         lease_owner = $1, lease_until = $2, updated_at = $3 WHERE id IN ({})",
+                        placeholders(4, claimed.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql)).bind(node).bind(now + lease_ms).bind(now);
+                    for (id, _) in &claimed {
+                        q = q.bind(id.clone());
                     }
-                    if let Some(h) = head.as_mut() {
-                        let (verb, summary) = if resumed {
-                            ("action.resume", format!("resumed by node {node} after a restart"))
+                    q.execute(&mut *tx).await?;
+                    let mut audit = AuditBuf::new(Self::read_head(&mut tx).await?);
+                    for (id, state) in &claimed {
+                        let (verb, summary, new_state) = if state == "queued" {
+                            ("action.state", "queued → running".to_string(), "running")
                         } else {
-                            ("action.state", "queued → running".to_string())
+                            (
+                                "action.resume",
+                                format!("{state} action taken over by node {node} (its previous node stopped)"),
+                                state.as_str(),
+                            )
                         };
                         let draft = AuditDraft {
                             actor: "system".into(),
@@ -773,21 +904,15 @@ macro_rules! sql_store {
                             summary,
                             details: serde_json::json!({ "node": node, "state": new_state }),
                         };
-                        Self::append_audit(&mut tx, &draft, h, now).await?;
+                        audit.push(&draft, now);
                     }
-                    claimed.push(id);
-                }
-                if let Some(h) = &head {
-                    Self::write_head(&mut tx, h).await?;
-                }
-                let mut actions = Vec::with_capacity(claimed.len());
-                if !claimed.is_empty() {
+                    Self::flush_audit(&mut tx, &audit).await?;
                     let sql = format!(
                         "SELECT {ACTION_COLUMNS} FROM actions WHERE id IN ({}) ORDER BY id",
                         placeholders(1, claimed.len())
                     );
                     let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for id in &claimed {
+                    for (id, _) in &claimed {
                         q = q.bind(id.clone());
                     }
                     for row in q.fetch_all(&mut *tx).await? {

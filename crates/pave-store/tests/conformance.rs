@@ -42,7 +42,11 @@ fn audit(summary: &str) -> WriteOp {
 }
 
 async fn one(store: &DynStore, ops: Vec<WriteOp>) -> Result<Vec<OpResult>> {
-    store.write(vec![ops]).await.unwrap().pop().unwrap()
+    // A request fails either alone (its own answer) or with its transaction.
+    match store.write(vec![ops]).await {
+        Ok(mut answers) => answers.pop().unwrap(),
+        Err(e) => Err(e),
+    }
 }
 
 async fn audit_len(store: &DynStore) -> usize {
