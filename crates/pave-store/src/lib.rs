@@ -8,6 +8,7 @@
 pub mod batch;
 mod error;
 mod model;
+mod script;
 mod sql;
 
 pub use batch::Batcher;

@@ -643,6 +643,13 @@ macro_rules! sql_store {
                         Ok(())
             }
 
+            async fn run_script(conn: &mut <$db as sqlx::Database>::Connection, script: &mut String) -> Result<()> {
+                if !script.is_empty() {
+                    sqlx::raw_sql(AssertSqlSafe(std::mem::take(script))).execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
             /// Inserts the buffered events (several rows per statement) and moves the head.
             async fn flush_audit(conn: &mut <$db as sqlx::Database>::Connection, buf: &AuditBuf) -> Result<()> {
                 if buf.pending.is_empty() {
@@ -712,17 +719,40 @@ macro_rules! sql_store {
                     AuditBuf::new((0, String::new()))
                 };
                 let mut answers = Vec::with_capacity(requests.len());
+                // The engine's own writes go out together as one script (see
+                // `script`); anything that needs an answer runs on its own, after
+                // the script so far, so that order is kept.
+                let mut batch_script = String::new();
+                let now = now_ms();
                 for request in &requests {
                     if !needs_savepoint(request) {
                         // Nothing here can fail short of a database error, which fails
                         // the whole transaction (the batcher then retries each request alone).
+                        let mut rendered = String::new();
                         let mut results = Vec::with_capacity(request.len());
+                        let mut all = true;
                         for op in request {
-                            results.push(Self::apply_op(&mut tx, op, &mut audit).await?);
+                            match op {
+                                WriteOp::Audit(d) => audit.push(d, now),
+                                op if crate::script::render(&mut rendered, op, now) => {}
+                                _ => all = false,
+                            }
+                            results.push(OpResult::Done);
+                        }
+                        if all {
+                            batch_script.push_str(&rendered);
+                        } else {
+                            Self::run_script(&mut tx, &mut batch_script).await?;
+                            for (op, result) in request.iter().zip(results.iter_mut()) {
+                                if !matches!(op, WriteOp::Audit(_)) {
+                                    *result = Self::apply_op(&mut tx, op, &mut audit).await?;
+                                }
+                            }
                         }
                         answers.push(Ok(results));
                         continue;
                     }
+                    Self::run_script(&mut tx, &mut batch_script).await?;
                     let mark = audit.mark();
                     let mut sp = Connection::begin(&mut *tx).await?;
                     let mut results = Vec::with_capacity(request.len());
@@ -753,6 +783,7 @@ macro_rules! sql_store {
                     }
                     answers.push(outcome.map(|_| results));
                 }
+                Self::run_script(&mut tx, &mut batch_script).await?;
                 Self::flush_audit(&mut tx, &audit).await?;
                 tx.commit().await?;
                 Ok(answers)
