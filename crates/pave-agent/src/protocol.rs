@@ -183,7 +183,7 @@ pub enum Outcome {
     },
     /// It did not.
     Failed {
-        /// Stable code (`command_failed`, `timeout`, `spawn_failed`, `unsupported`).
+        /// Stable code (`command_failed`, `timeout`, `spawn_failed`, provider codes).
         code: String,
         /// What happened.
         message: String,

@@ -179,8 +179,8 @@ impl Store for TimedStore {
         r
     }
 
-    async fn renew_leases(&self, node: &str, lease_ms: i64) -> Result<Vec<String>> {
-        self.inner.renew_leases(node, lease_ms).await
+    async fn renew_leases(&self, node: &str, ids: &[String], lease_ms: i64) -> Result<Vec<String>> {
+        self.inner.renew_leases(node, ids, lease_ms).await
     }
 
     async fn logs(&self, action_id: &str, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {

@@ -16,7 +16,8 @@ pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 pub struct JobSpec {
     /// Program and arguments; the program is looked up on `PATH`.
     pub command: Vec<String>,
-    /// Extra environment variables, on top of a minimal base (`PATH`, `HOME`, `LANG`).
+    /// Extra environment variables, on top of a minimal base passed through from
+    /// the agent (`PATH`, `HOME`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR`, `USER`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Working directory; the server's data directory's `work/` when absent.

@@ -240,6 +240,10 @@ impl Engine {
     pub async fn retry(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
         let action = self.load(id).await?;
         action.state.check("retry", ActionState::RETRYABLE)?;
+        if action.error.as_ref().is_some_and(|e| e.code == "rollback_failed") {
+            // What failed was the rollback: retrying means rolling back again.
+            return self.rollback(id, actor).await;
+        }
         let mut ops = vec![WriteOp::UpdateAction {
             id: id.to_string(),
             expect: ActionState::RETRYABLE.to_vec(),
@@ -515,10 +519,18 @@ impl Engine {
         let lease_ms = self.inner.config.lease.as_millis() as i64;
         loop {
             tokio::time::sleep(every).await;
+            let ids: Vec<String> = self
+                .inner
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect();
             match self
                 .inner
                 .store
-                .renew_leases(&self.inner.config.node_id, lease_ms)
+                .renew_leases(&self.inner.config.node_id, &ids, lease_ms)
                 .await
             {
                 Ok(cancels) => {

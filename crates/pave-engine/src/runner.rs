@@ -448,7 +448,8 @@ impl Run {
             set: StepUpdate {
                 state: Some(state),
                 finished_at: Some(Some(now)),
-                output: Some(output.clone()),
+                // An undo's output does not replace what the step itself reported.
+                output: (!compensation).then(|| output.clone()),
                 error: Some(error),
                 ..Default::default()
             },

@@ -45,9 +45,10 @@ pub trait Store: Send + Sync + 'static {
     /// `resume_own`, also the active actions `node` itself held before a restart.
     async fn claim(&self, node: &str, limit: i64, lease_ms: i64, resume_own: bool) -> Result<Vec<Action>>;
 
-    /// Extends the leases `node` holds; returns the ids among them that a
-    /// user asked to cancel.
-    async fn renew_leases(&self, node: &str, lease_ms: i64) -> Result<Vec<String>>;
+    /// Extends the leases `node` holds on `ids` (the actions it is running
+    /// now: one whose runner stopped is left to expire and be claimed again);
+    /// returns the ids among them that a user asked to cancel.
+    async fn renew_leases(&self, node: &str, ids: &[String], lease_ms: i64) -> Result<Vec<String>>;
 
     /// Log lines of an action after `after_seq`, oldest first.
     async fn logs(&self, action_id: &str, after_seq: i64, limit: i64) -> Result<Vec<LogLine>>;

@@ -856,7 +856,8 @@ macro_rules! sql_store {
                 // Two queries, so that each uses its index: actions whose node died
                 // (or this node's, after its restart) first, then the queue.
                 let mut candidates: Vec<(String, String, String)> = sqlx::query_as(concat!(
-                    "SELECT id, state, object FROM actions \
+                    "SELECT id, CASE WHEN lease_until IS NULL THEN 'rollback' ELSE state END, object \
+                     FROM actions \
                      WHERE state IN ('running', 'rolling_back') \
                        AND (lease_until IS NULL OR lease_until < $1 OR ($2 = 1 AND lease_owner = $3)) \
                      ORDER BY id LIMIT $4",
@@ -921,6 +922,8 @@ macro_rules! sql_store {
                     for (id, state) in &claimed {
                         let (verb, summary, new_state) = if state == "queued" {
                             ("action.state", "queued → running".to_string(), "running")
+                        } else if state == "rollback" {
+                            ("action.state", "rolling back".to_string(), "rolling_back")
                         } else {
                             (
                                 "action.resume",
@@ -955,24 +958,30 @@ macro_rules! sql_store {
                 Ok(actions)
             }
 
-            async fn renew_leases(&self, node: &str, lease_ms: i64) -> Result<Vec<String>> {
+            async fn renew_leases(&self, node: &str, ids: &[String], lease_ms: i64) -> Result<Vec<String>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
                 let now = now_ms();
-                sqlx::query(
-                    "UPDATE actions SET lease_until = $2 \
-                     WHERE lease_owner = $1 AND state IN ('running', 'rolling_back')",
-                )
-                .bind(node)
-                .bind(now + lease_ms)
-                .execute(self.writer())
-                .await?;
-                let rows: Vec<(String,)> = sqlx::query_as(
-                    "SELECT id FROM actions WHERE lease_owner = $1 AND cancel_requested = 1 \
-                     AND state IN ('running', 'rolling_back')",
-                )
-                .bind(node)
-                .fetch_all(self.reader())
-                .await?;
-                Ok(rows.into_iter().map(|(id,)| id).collect())
+                let list = placeholders(3, ids.len());
+                let sql = format!(
+                    "UPDATE actions SET lease_until = $2 WHERE lease_owner = $1 AND id IN ({list}) \
+                     AND state IN ('running', 'rolling_back')"
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(node).bind(now + lease_ms);
+                for id in ids {
+                    q = q.bind(id.clone());
+                }
+                q.execute(self.writer()).await?;
+                let sql = format!(
+                    "SELECT id FROM actions WHERE lease_owner = $1 AND id IN ({}) AND cancel_requested = 1",
+                    placeholders(2, ids.len())
+                );
+                let mut q = sqlx::query_as::<_, (String,)>(AssertSqlSafe(sql)).bind(node);
+                for id in ids {
+                    q = q.bind(id.clone());
+                }
+                Ok(q.fetch_all(self.reader()).await?.into_iter().map(|(id,)| id).collect())
             }
 
             async fn logs(&self, action_id: &str, after_seq: i64, limit: i64) -> Result<Vec<LogLine>> {

@@ -10,7 +10,18 @@ mod watch;
 
 use clap::Parser;
 
+/// Restores the default SIGPIPE action, so that `pave … | head` ends quietly
+/// like other Unix tools instead of panicking on a closed pipe.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler code of ours.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    default_sigpipe();
     // reqwest and sqlx both bring rustls; with two crypto providers compiled in,
     // one must be chosen before any TLS is used.
     let _ = rustls::crypto::ring::default_provider().install_default();

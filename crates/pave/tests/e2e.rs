@@ -217,6 +217,41 @@ fn rollback_runs_the_undo_command_and_refuses_without_one() {
     assert_eq!(a["state"], "rolled_back");
     assert_eq!(a["steps"][0]["state"], "compensated");
 
+    // An undo that fails leaves the action failed with `rollback_failed`; a
+    // retry then retries the rollback, not the command.
+    let marker = dir.path().join("runs");
+    let m = marker.display().to_string();
+    let out = server.cli(&[
+        "run",
+        "--wait",
+        "--undo",
+        "exit 4",
+        "-o",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo x >> {m}"),
+    ]);
+    let id = id_of(&serde_json::from_slice(&out.stdout).unwrap());
+    let rb = server.cli(&["actions", "rollback", &id, "--wait", "-o", "json"]);
+    assert_eq!(rb.status.code(), Some(3));
+    let a: serde_json::Value = serde_json::from_slice(&rb.stdout).unwrap();
+    assert_eq!(a["error"]["code"], "rollback_failed", "{a}");
+    assert_eq!(
+        a["steps"][0]["output"]["exit_code"], 0,
+        "the undo's output replaced the step's"
+    );
+    let again = server.cli(&["actions", "retry", &id, "--wait", "-o", "json"]);
+    assert_eq!(again.status.code(), Some(3));
+    let a: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(a["error"]["code"], "rollback_failed");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "x\n",
+        "retrying a failed rollback re-ran the command"
+    );
+
     let plain = server.cli_json(&["run", "--wait", "-o", "json", "--", "true"]);
     let rb = server.cli(&["actions", "rollback", &id_of(&plain)]);
     assert_eq!(rb.status.code(), Some(9));
