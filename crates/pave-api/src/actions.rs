@@ -133,6 +133,22 @@ pub(crate) async fn logs(
         return Err(ApiError::bad_request("limit must be between 1 and 10000"));
     }
     load(&state, &id).await?;
+    if let Some(tail) = q.tail {
+        if !(0..=10_000).contains(&tail) || q.after.is_some() {
+            return Err(ApiError::bad_request(
+                "tail must be between 0 and 10000, and not combined with after",
+            ));
+        }
+        let last_seq = state.engine.store().last_log_seq(&id).await?;
+        let lines = match tail {
+            0 => Vec::new(),
+            n => state.engine.store().logs(&id, (last_seq - n).max(0), n).await?,
+        };
+        return Ok(Json(LogPage {
+            items: lines.into_iter().map(Into::into).collect(),
+            last_seq,
+        }));
+    }
     let after = q.after.unwrap_or(0);
     let lines = state.engine.store().logs(&id, after, limit).await?;
     let last_seq = lines.last().map(|l| l.seq).unwrap_or(after);

@@ -54,6 +54,16 @@ pub struct LogQuery {
     pub after: Option<i64>,
     /// At most this many lines, 1–10000 (default 1000).
     pub limit: Option<i64>,
+    /// Only the last this many lines (0 gives just `last_seq`); excludes `after`.
+    pub tail: Option<i64>,
+}
+
+/// Query of `GET /api/v1/actions/{id}/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Send only log lines after this sequence number (e.g. the last one seen).
+    pub after: Option<i64>,
 }
 
 /// One log line.

@@ -22,19 +22,20 @@ use crate::AppState;
 const POLL: Duration = Duration::from_millis(500);
 
 /// Streams the action's changes and log lines until it ends.
-#[utoipa::path(get, path = "/api/v1/actions/{id}/events", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/actions/{id}/events", params(("id" = String, Path), crate::dto::EventsQuery),
     responses((status = 200, description = "text/event-stream of `action`, `log` and `end` events"), (status = 401), (status = 404)),
     security(("bearer" = [])))]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    crate::error::Query(q): crate::error::Query<crate::dto::EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let mut changes = state.engine.subscribe();
     let first = crate::actions::load(&state, &id).await?;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
     tokio::spawn(async move {
         let store = state.engine.store().clone();
-        let mut last_seq = 0;
+        let mut last_seq = q.after.unwrap_or(0);
         let mut last_seen: Option<pave_core::Action> = None;
         let mut current = Some(first);
         loop {

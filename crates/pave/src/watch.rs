@@ -18,6 +18,9 @@ pub struct WatchOpts {
     pub logs: bool,
     /// Show the progress line on a terminal.
     pub progress: bool,
+    /// Log lines up to this sequence number were seen already (a retry follows
+    /// its new attempt only).
+    pub after: i64,
 }
 
 fn progress_bar(enabled: bool) -> ProgressBar {
@@ -66,11 +69,14 @@ fn progress_message(a: &Action, started: Instant) -> String {
 pub async fn follow(client: &Client, id: &str, opts: WatchOpts) -> anyhow::Result<Action> {
     let started = Instant::now();
     let pb = progress_bar(opts.progress);
-    let mut last_seq = 0i64;
+    let mut last_seq = opts.after;
     let mut last: Option<Action> = None;
     let mut failures = 0;
     loop {
-        let resp = match client.stream(&format!("/api/v1/actions/{id}/events")).await {
+        let resp = match client
+            .stream(&format!("/api/v1/actions/{id}/events?after={last_seq}"))
+            .await
+        {
             Ok(r) => r,
             Err(e) if failures < 5 && crate::client::exit_code_of(&e) == crate::exit::UNREACHABLE => {
                 failures += 1;

@@ -81,6 +81,9 @@ fn postgres_and_redis_are_provisioned_watched_repaired_and_deleted() {
         assert_eq!(r["health"], "healthy", "{r}");
         assert!(r["outputs"]["port"].as_u64().unwrap() > 0);
     }
+    let status = server.cli_json(&["env", "status", env, "-o", "json"]);
+    assert_eq!(status["environment"]["labels"]["tier"], "staging");
+    assert_eq!(status["resources"].as_array().unwrap().len(), 2);
     let pg = list.iter().find(|r| r["name"] == "payments-db").unwrap();
     assert_eq!(pg["outputs"]["database"], "payments_db");
 

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use pave_core::Action;
 use serde_json::json;
 
-use super::{finish_mutation, ClientArgs, Format, LogLineView, WaitArgs};
+use super::{ClientArgs, Format, LogLineView, WaitArgs};
 use crate::client::Client;
 use crate::watch::{follow, summary, WatchOpts};
 use crate::{exit, output};
@@ -84,6 +84,7 @@ pub async fn run(cmd: ActionsCmd) -> anyhow::Result<i32> {
             let opts = WatchOpts {
                 logs: table,
                 progress: table && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                after: 0,
             };
             let done = follow(&client, &a.id, opts).await?;
             if !output::structured(a.client.output, &done)? {
@@ -100,10 +101,19 @@ pub async fn run(cmd: ActionsCmd) -> anyhow::Result<i32> {
 
 async fn mutate(a: MutateArgs, verb: &str) -> anyhow::Result<i32> {
     let client = Client::from_args(&a.client)?;
+    // With --wait, show only what this request adds to the log.
+    let seen = if a.wait.wait {
+        client
+            .get::<LogPage>(&format!("/api/v1/actions/{}/logs?tail=0", a.id))
+            .await?
+            .last_seq
+    } else {
+        0
+    };
     let action: Action = client
         .post(&format!("/api/v1/actions/{}/{verb}", a.id), &json!({}), &[])
         .await?;
-    finish_mutation(&client, action, a.wait.wait, a.client.output).await
+    super::finish_mutation_after(&client, action, a.wait.wait, a.client.output, seen).await
 }
 
 #[derive(serde::Deserialize)]
@@ -246,6 +256,7 @@ async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
             WatchOpts {
                 logs: true,
                 progress: false,
+                after: 0,
             },
         )
         .await?;

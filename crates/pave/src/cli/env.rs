@@ -22,6 +22,8 @@ pub enum EnvCmd {
     Update(UpdateArgs),
     /// Delete an environment that has no unfinished actions.
     Delete(NameArgs),
+    /// Show an environment with the live state of its resources.
+    Status(NameArgs),
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +149,35 @@ pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
                 )
                 .await?;
             print_one(a.client.output, &e)?;
+        }
+        EnvCmd::Status(a) => {
+            let client = Client::from_args(&a.client)?;
+            let e: Env = client.get(&format!("/api/v1/environments/{}", a.name)).await?;
+            let resources: Vec<pave_core::resource::Resource> = client
+                .get(&format!("/api/v1/environments/{}/resources", a.name))
+                .await?;
+            let status = json!({ "environment": e, "resources": resources });
+            if !output::structured(a.client.output, &status)? {
+                println!(
+                    "environment {} on target {} ({})",
+                    e.name,
+                    e.target,
+                    labels_text(&e.labels)
+                );
+                println!();
+                let rows: Vec<Vec<String>> = resources
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            format!("{}/{}", r.kind, r.name),
+                            r.lifecycle.to_string(),
+                            r.health.clone().unwrap_or_default(),
+                            r.outputs.get("port").map(|p| p.to_string()).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["RESOURCE", "LIFECYCLE", "HEALTH", "PORT"], &rows);
+            }
         }
         EnvCmd::Delete(a) => {
             let client = Client::from_args(&a.client)?;

@@ -152,6 +152,17 @@ pub async fn finish_mutation(
     wait: bool,
     format: Format,
 ) -> anyhow::Result<i32> {
+    finish_mutation_after(client, action, wait, format, 0).await
+}
+
+/// [`finish_mutation`] for an action whose log lines up to `after` were seen already.
+pub async fn finish_mutation_after(
+    client: &crate::client::Client,
+    action: pave_core::Action,
+    wait: bool,
+    format: Format,
+    after: i64,
+) -> anyhow::Result<i32> {
     if !wait {
         if !crate::output::structured(format, &action)? {
             println!("action {} {}", action.id, action.state);
@@ -166,6 +177,7 @@ pub async fn finish_mutation(
     let opts = crate::watch::WatchOpts {
         logs: table,
         progress: table && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        after,
     };
     let done = crate::watch::follow(client, &action.id, opts).await?;
     if !crate::output::structured(format, &done)? {
