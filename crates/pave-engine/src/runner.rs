@@ -40,6 +40,28 @@ enum PassEnd {
 
 pub(crate) async fn run(engine: Engine, action: Action) {
     let id = action.id.clone();
+    // Until the action is registered as running here, its lease is not renewed:
+    // if these reads fail it expires and the action is claimed again.
+    // A fresh action has no log yet; only a resumed or retried one needs its last line number.
+    let fresh = action.attempt == 1 && action.steps.iter().all(|s| s.state == StepState::Pending);
+    let log_seq = if fresh {
+        Ok(0)
+    } else {
+        engine.store().last_log_seq(&id).await
+    };
+    let target = engine.target_of(&action.env).await;
+    let (log_seq, target) = match (log_seq, target) {
+        (Ok(seq), Ok(target)) => (
+            seq,
+            // An environment deleted under a queued action: the dispatch fails
+            // with a clear "no agent" error on the step.
+            target.unwrap_or_else(|| format!("(environment `{}` is gone)", action.env)),
+        ),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(action = %id, error = %e, "could not prepare the action; it will be claimed again");
+            return;
+        }
+    };
     let token = CancellationToken::new();
     if action.cancel_requested {
         token.cancel();
@@ -50,41 +72,6 @@ pub(crate) async fn run(engine: Engine, action: Action) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), token.clone());
-    // A fresh action has no log yet; only a resumed or retried one needs its last line number.
-    let fresh = action.attempt == 1 && action.steps.iter().all(|s| s.state == StepState::Pending);
-    let log_seq = match if fresh {
-        Ok(0)
-    } else {
-        engine.store().last_log_seq(&id).await
-    } {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(action = %id, error = %e, "could not read the action log; will retry");
-            engine
-                .inner
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            return;
-        }
-    };
-    let target = match engine.target_of(&action.env).await {
-        Ok(Some(target)) => target,
-        // An environment deleted under a queued action: the dispatch fails
-        // with a clear "no agent" error on the step.
-        Ok(None) => format!("(environment `{}` is gone)", action.env),
-        Err(e) => {
-            tracing::error!(action = %id, error = %e, "could not read the environment; will retry");
-            engine
-                .inner
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            return;
-        }
-    };
     let mut run = Run {
         engine: engine.clone(),
         target,
