@@ -33,6 +33,9 @@ fn main() {
             std::process::exit(code);
         }
     };
+    if let cli::Command::Shim { spec } = &args.command {
+        std::process::exit(pave_targets::local::shim::run(spec));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -73,6 +73,12 @@ pub enum Command {
     Login(login::LoginArgs),
     /// Print the version of this binary and of its agent protocol.
     Version(login::VersionArgs),
+    /// Supervise one replica of a local workload (started by the local target, not by people).
+    #[command(hide = true)]
+    Shim {
+        /// The replica's spec file.
+        spec: PathBuf,
+    },
 }
 
 /// `pave serve`.
@@ -115,6 +121,9 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Resources(cmd) => resources::run(cmd).await,
         Command::Login(args) => login::login(args).await,
         Command::Version(args) => login::version(args).await,
+        // Handled in main, before any async runtime exists: the shim forks and
+        // owns its signals.
+        Command::Shim { .. } => Ok(exit::USAGE),
     };
     match result {
         Ok(code) => code,
