@@ -469,3 +469,27 @@ async fn environments_are_created_labelled_used_and_deleted() {
     let (_, v) = api.get("/api/v1/audit/verify").await;
     assert_eq!(v["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_of_a_deleted_environment_cannot_run_again() {
+    let api = start().await;
+    let (s, _) = api
+        .post("/api/v1/environments", json!({"name": "gone-soon"}))
+        .await;
+    assert_eq!(s, 201);
+    let (_, a) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "env": "gone-soon", "input": {"command": ["false"]}}),
+        )
+        .await;
+    let id = a["id"].as_str().unwrap();
+    api.wait_state(id, &["failed"]).await;
+    let (s, _) = api
+        .call(reqwest::Method::DELETE, "/api/v1/environments/gone-soon", None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, b) = api.post(&format!("/api/v1/actions/{id}/retry"), json!({})).await;
+    assert_eq!(s, 409, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("deleted"), "{b}");
+}

@@ -43,7 +43,7 @@ pub struct Resource {
     pub name: String,
     /// `postgres` or `redis`.
     pub kind: String,
-    /// What was asked for (version, …), validated.
+    /// What was asked for (for postgres: database and user), validated, with defaults.
     pub spec: Value,
     /// Lifecycle state.
     pub lifecycle: ResourceLifecycle,

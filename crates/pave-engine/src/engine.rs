@@ -236,9 +236,27 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(format!("action {id}")))
     }
 
+    /// The action, if its environment still exists (an action of a deleted
+    /// environment cannot run again).
+    async fn load_runnable(&self, id: &str) -> Result<Action, EngineError> {
+        let action = self.load(id).await?;
+        if self.inner.store.get_environment(&action.env).await?.is_none() {
+            self.inner
+                .targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&action.env);
+            return Err(EngineError::Conflict(format!(
+                "the environment `{}` of action {id} has been deleted",
+                action.env
+            )));
+        }
+        Ok(action)
+    }
+
     /// Queues a failed or cancelled action again, from its first unfinished step.
     pub async fn retry(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
-        let action = self.load(id).await?;
+        let action = self.load_runnable(id).await?;
         action.state.check("retry", ActionState::RETRYABLE)?;
         if action.error.as_ref().is_some_and(|e| e.code == "rollback_failed") {
             // What failed was the rollback: retrying means rolling back again.
@@ -355,7 +373,7 @@ impl Engine {
 
     /// Undoes what an action did: its finished steps' compensations, last first.
     pub async fn rollback(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
-        let action = self.load(id).await?;
+        let action = self.load_runnable(id).await?;
         action.state.check("roll back", ActionState::ROLLBACKABLE)?;
         if !action.compensable_steps().any(|s| !s.compensation.is_null()) {
             return Err(EngineError::Conflict(format!(

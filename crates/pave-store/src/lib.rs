@@ -30,8 +30,10 @@ pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
-    /// Applies requests in one transaction, each atomically (in its own
-    /// savepoint): a request that fails is rolled back alone.
+    /// Applies requests in one transaction, each atomically. A request that can
+    /// fail on its own (a precondition, a unique key) runs in a savepoint and is
+    /// rolled back alone; any other failure is a database error and fails the
+    /// whole transaction (`Err`), which the batcher then retries request by request.
     async fn write(&self, requests: Vec<Vec<WriteOp>>) -> Result<Vec<Result<Vec<OpResult>>>>;
 
     /// One action with its steps.

@@ -1,7 +1,7 @@
 //! The hot path of a write batch as one SQL script. Each statement of a
 //! transaction is a round trip to the database's thread (SQLite) or socket
 //! (PostgreSQL); the engine's own writes (new actions, step and action updates,
-//! log lines, resource records) need no answer, so they are rendered as SQL
+//! log lines, resource health) need no answer, so they are rendered as SQL
 //! text with escaped literals and sent together in one round trip.
 //!
 //! Literals are rendered for both dialects: strings in single quotes with

@@ -76,7 +76,7 @@ fn set_private_umask() {
     }
 }
 
-/// Everything `serve` sets up before it listens; shared with the benchmark.
+/// Everything `serve` sets up before it listens.
 pub struct ControlPlane {
     pub engine: Engine,
     pub data_dir: PathBuf,
