@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use pave_targets::local::LocalTarget;
+
 use crate::local::job::{self, JobContext};
+use crate::local::workload;
 use crate::protocol::{Command, CommandPayload, FromAgent, Outcome, ToAgent, CAPABILITIES, PROTOCOL_VERSION};
 
 /// The control plane's end of a connection to an agent.
@@ -29,6 +32,11 @@ pub struct AgentDirs {
     pub state_dir: PathBuf,
     /// Where resources (databases, caches) keep their files.
     pub resources_dir: PathBuf,
+    /// Where workloads (supervised replicas) keep their files.
+    pub workloads_dir: PathBuf,
+    /// The program (and leading arguments) that supervises one replica, e.g.
+    /// `[current_exe, "shim"]`.
+    pub shim_command: Vec<String>,
 }
 
 #[derive(Default)]
@@ -52,6 +60,7 @@ pub fn spawn_embedded(dirs: AgentDirs) -> std::io::Result<AgentLink> {
     let (from_agent_tx, from_agent_rx) = mpsc::channel::<FromAgent>(4096);
     let state = Arc::new(Mutex::new(AgentState::default()));
     let providers = Arc::new(pave_providers::LocalProviders::new(&dirs.resources_dir)?);
+    let target = Arc::new(LocalTarget::new(&dirs.workloads_dir, dirs.shim_command.clone()));
     let dirs = Arc::new(dirs);
     tokio::spawn(async move {
         while let Some(msg) = to_agent_rx.recv().await {
@@ -87,8 +96,13 @@ pub fn spawn_embedded(dirs: AgentDirs) -> std::io::Result<AgentLink> {
                     let state = state.clone();
                     let dirs = dirs.clone();
                     let providers = providers.clone();
+                    let target = target.clone();
                     tokio::spawn(async move {
-                        let outcome = execute(&dirs, &providers, &cmd, token, &out).await;
+                        let outcome =
+                            match workload::execute(target.as_ref(), &cmd, token.clone(), &out).await {
+                                Some(o) => o,
+                                None => execute(&dirs, &providers, &cmd, token, &out).await,
+                            };
                         {
                             let mut st = lock(&state);
                             st.running.remove(&cmd.id);
@@ -178,6 +192,11 @@ async fn execute(
                 output: serde_json::Value::Null,
             },
             Err(e) => failed(&e),
+        },
+        other => Outcome::Failed {
+            code: "unsupported".into(),
+            message: format!("this agent cannot execute {other:?}"),
+            output: serde_json::Value::Null,
         },
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use pave_core::JobSpec;
 pub use pave_providers::ResourceRequest;
+pub use pave_targets::{WorkloadKey, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -20,6 +21,13 @@ pub const CAPABILITIES: &[&str] = &[
     "check_resource",
     "repair_resource",
     "delete_resource",
+    "apply_workload",
+    "await_workload",
+    "workload_status",
+    "prune_workload",
+    "exec_workload",
+    "workload_logs",
+    "restore_workload",
 ];
 
 /// Control plane → agent.
@@ -168,6 +176,69 @@ pub enum CommandPayload {
     DeleteResource {
         /// The resource.
         request: ResourceRequest,
+    },
+    /// Make `spec` the desired revision of a workload (idempotent; replicas of
+    /// other revisions keep running). Output: the workload's status.
+    ApplyWorkload {
+        /// The workload.
+        key: WorkloadKey,
+        /// The revision, with its environment values resolved.
+        spec: Box<WorkloadSpec>,
+    },
+    /// Poll the workload every 250 ms until every replica of `revision` is
+    /// ready, or fail after `timeout_ms`; on failure retire `revision` and
+    /// restore `fallback` (the previous revision), or delete the workload when
+    /// there is none.
+    AwaitWorkload {
+        /// The workload.
+        key: WorkloadKey,
+        /// The revision to wait for.
+        revision: i64,
+        /// How long to wait.
+        timeout_ms: u64,
+        /// The revision to keep serving when this one does not become ready.
+        #[serde(default)]
+        fallback: Option<Box<WorkloadSpec>>,
+    },
+    /// Make `spec` the only revision of a workload again (undoing a rollout),
+    /// or remove every replica when there is none.
+    RestoreWorkload {
+        /// The workload.
+        key: WorkloadKey,
+        /// The revision to serve.
+        #[serde(default)]
+        spec: Option<Box<WorkloadSpec>>,
+    },
+    /// The observed state of a workload. Output: its status.
+    WorkloadStatus {
+        /// The workload.
+        key: WorkloadKey,
+    },
+    /// Stop the replicas whose revision is not `keep` (`None`: all of them).
+    PruneWorkload {
+        /// The workload.
+        key: WorkloadKey,
+        /// The revision to keep.
+        #[serde(default)]
+        keep: Option<i64>,
+    },
+    /// Run a command in a workload's environment; lines stream as logs, the
+    /// output carries `exit_code`.
+    ExecWorkload {
+        /// The workload.
+        key: WorkloadKey,
+        /// Program and arguments.
+        command: Vec<String>,
+    },
+    /// The last lines of a workload's output. Output: `{"lines": [...]}`.
+    WorkloadLogs {
+        /// The workload.
+        key: WorkloadKey,
+        /// One replica, or every replica of the current revision.
+        #[serde(default)]
+        replica: Option<u32>,
+        /// How many lines.
+        tail: usize,
     },
 }
 

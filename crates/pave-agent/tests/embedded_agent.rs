@@ -23,6 +23,8 @@ async fn agent(dir: &std::path::Path) -> AgentLink {
         work_dir: dir.join("work"),
         state_dir: dir.join("state"),
         resources_dir: dir.join("resources"),
+        workloads_dir: dir.join("workloads"),
+        shim_command: vec!["pave-shim".into()],
     })
     .unwrap()
 }

@@ -207,6 +207,18 @@ pub(crate) async fn delete(
             ),
         ));
     }
+    let workloads = state.engine.store().list_workloads(&name).await?;
+    if !workloads.is_empty() {
+        let names: Vec<&str> = workloads.iter().map(|w| w.name.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "environment `{name}` still has workloads ({}); delete them first (pave workloads delete NAME --env {name})",
+                names.join(", ")
+            ),
+        ));
+    }
     let busy = state.engine.store().count_unfinished_actions(&name).await?;
     if busy > 0 {
         return Err(ApiError::new(
@@ -269,4 +281,126 @@ pub(crate) async fn resource(
                 format!("resource `{resource}` not found in `{name}`"),
             )
         })
+}
+
+/// A workload with its live status from the agent.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct WorkloadDto {
+    /// Name.
+    pub name: String,
+    /// The revision that serves.
+    pub current_revision: Option<i64>,
+    /// Desired replicas of the desired revision.
+    pub desired: u32,
+    /// Ready replicas of the desired revision.
+    pub ready: u32,
+    /// Every replica: index, revision, port, state, ready, restart_count, …
+    #[schema(value_type = Vec<Object>)]
+    pub replicas: Vec<serde_json::Value>,
+    /// The live status as the target reports it (null when the agent could not be asked).
+    #[schema(value_type = Object)]
+    pub status: serde_json::Value,
+    /// Why there is no live status.
+    pub status_error: Option<String>,
+    /// The revisions, oldest first (only for one workload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub revisions: Option<Vec<pave_store::RevisionRecord>>,
+}
+
+async fn workload_dto(state: &AppState, w: pave_store::WorkloadRecord) -> WorkloadDto {
+    let (status, status_error) = match state.engine.workload_status(&w.env, &w.name).await {
+        Ok(s) => (s, None),
+        Err(e) => (serde_json::Value::Null, Some(e)),
+    };
+    WorkloadDto {
+        name: w.name,
+        current_revision: w.current_revision,
+        desired: status["desired"].as_u64().unwrap_or(0) as u32,
+        ready: status["ready"].as_u64().unwrap_or(0) as u32,
+        replicas: status["replicas"].as_array().cloned().unwrap_or_default(),
+        status,
+        status_error,
+        revisions: None,
+    }
+}
+
+/// The workloads of an environment, with live status from its target's agent.
+#[utoipa::path(get, path = "/api/v1/environments/{name}/workloads", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<WorkloadDto>), (status = 401), (status = 404)),
+    security(("bearer" = [])))]
+pub(crate) async fn workloads(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<WorkloadDto>>, ApiError> {
+    load(&state, &name).await?;
+    let mut out = Vec::new();
+    for w in state.engine.store().list_workloads(&name).await? {
+        out.push(workload_dto(&state, w).await);
+    }
+    Ok(Json(out))
+}
+
+async fn load_workload(
+    state: &AppState,
+    env: &str,
+    name: &str,
+) -> Result<pave_store::WorkloadRecord, ApiError> {
+    load(state, env).await?;
+    state
+        .engine
+        .store()
+        .get_workload(env, name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("workload `{name}` not found in `{env}`"),
+            )
+        })
+}
+
+/// One workload, with its live status and its revisions.
+#[utoipa::path(get, path = "/api/v1/environments/{name}/workloads/{workload}",
+    params(("name" = String, Path), ("workload" = String, Path)),
+    responses((status = 200, body = WorkloadDto), (status = 401), (status = 404)),
+    security(("bearer" = [])))]
+pub(crate) async fn workload(
+    State(state): State<AppState>,
+    Path((name, workload)): Path<(String, String)>,
+) -> Result<Json<WorkloadDto>, ApiError> {
+    let w = load_workload(&state, &name, &workload).await?;
+    let revisions = state.engine.store().list_revisions(&name, &workload).await?;
+    let mut dto = workload_dto(&state, w).await;
+    dto.revisions = Some(revisions);
+    Ok(Json(dto))
+}
+
+/// Query of the workload log endpoint.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct WorkloadLogsQuery {
+    /// One replica (default: every replica of the current revision).
+    pub replica: Option<u32>,
+    /// How many lines (default 100).
+    pub tail: Option<usize>,
+}
+
+/// The last lines of a workload's output.
+#[utoipa::path(get, path = "/api/v1/environments/{name}/workloads/{workload}/logs",
+    params(("name" = String, Path), ("workload" = String, Path), WorkloadLogsQuery),
+    responses((status = 200, body = Vec<String>), (status = 401), (status = 404)),
+    security(("bearer" = [])))]
+pub(crate) async fn workload_logs(
+    State(state): State<AppState>,
+    Path((name, workload)): Path<(String, String)>,
+    crate::error::Query(q): crate::error::Query<WorkloadLogsQuery>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    load_workload(&state, &name, &workload).await?;
+    state
+        .engine
+        .workload_logs(&name, &workload, q.replica, q.tail.unwrap_or(100).min(10_000))
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", e))
 }

@@ -62,6 +62,15 @@ pub fn router(state: AppState) -> Router {
             "/environments/{name}/resources/{resource}",
             get(environments::resource),
         )
+        .route("/environments/{name}/workloads", get(environments::workloads))
+        .route(
+            "/environments/{name}/workloads/{workload}",
+            get(environments::workload),
+        )
+        .route(
+            "/environments/{name}/workloads/{workload}/logs",
+            get(environments::workload_logs),
+        )
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/whoami", get(auth::whoami))

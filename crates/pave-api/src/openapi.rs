@@ -26,10 +26,12 @@ impl Modify for BearerAuth {
         crate::events::stream, crate::audit::list,
         crate::environments::create, crate::environments::list, crate::environments::get,
         crate::environments::update, crate::environments::delete,
-        crate::environments::resources, crate::environments::resource, crate::audit::verify, crate::auth::whoami,
+        crate::environments::resources, crate::environments::resource,
+        crate::environments::workloads, crate::environments::workload, crate::environments::workload_logs,
+        crate::audit::verify, crate::auth::whoami,
     ),
     components(schemas(crate::environments::EnvironmentDto, crate::environments::CreateEnvironment,
-        crate::environments::UpdateEnvironment, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+        crate::environments::UpdateEnvironment, crate::environments::WorkloadDto, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

@@ -46,6 +46,8 @@ async fn start() -> Api {
         work_dir: dir.path().join("work"),
         state_dir: dir.path().join("agent"),
         resources_dir: dir.path().join("resources"),
+        workloads_dir: dir.path().join("workloads"),
+        shim_command: vec!["pave-shim".into()],
     })
     .unwrap();
     let mut agents = HashMap::new();

@@ -70,6 +70,8 @@ pub async fn bench_engine(
         work_dir: agent_root.join("work"),
         state_dir: agent_root.join("agent"),
         resources_dir: agent_root.join("resources"),
+        workloads_dir: agent_root.join("workloads"),
+        shim_command: vec!["pave-shim".into()],
     })
     .context("could not start the embedded agent")?;
     // The engine's calls are counted; the benchmark's own polling is not.

@@ -215,6 +215,27 @@ impl Store for TimedStore {
         self.read(self.inner.list_resources(env)).await
     }
 
+    async fn get_workload(&self, env: &str, name: &str) -> Result<Option<pave_store::WorkloadRecord>> {
+        self.read(self.inner.get_workload(env, name)).await
+    }
+
+    async fn list_workloads(&self, env: &str) -> Result<Vec<pave_store::WorkloadRecord>> {
+        self.read(self.inner.list_workloads(env)).await
+    }
+
+    async fn get_revision(
+        &self,
+        env: &str,
+        name: &str,
+        revision: i64,
+    ) -> Result<Option<pave_store::RevisionRecord>> {
+        self.read(self.inner.get_revision(env, name, revision)).await
+    }
+
+    async fn list_revisions(&self, env: &str, name: &str) -> Result<Vec<pave_store::RevisionRecord>> {
+        self.read(self.inner.list_revisions(env, name)).await
+    }
+
     async fn audit_head(&self) -> Result<(i64, String)> {
         self.read(self.inner.audit_head()).await
     }

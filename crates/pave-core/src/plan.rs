@@ -8,7 +8,21 @@ use crate::error::CoreError;
 use crate::job::JobSpec;
 
 /// Action kinds pave can run today.
-pub const KINDS: &[&str] = &["job", "noop", "provision", "resource.delete", "resource.repair"];
+pub const KINDS: &[&str] = &[
+    "job",
+    "noop",
+    "provision",
+    "resource.delete",
+    "resource.repair",
+    "deploy",
+    "scale",
+    "rollback",
+    "exec",
+    "workload.delete",
+];
+
+/// Default of a rollout's `ready_timeout_secs`.
+pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 60;
 
 /// A planned action: its steps and the object it locks.
 #[derive(Debug, Clone)]
@@ -53,6 +67,139 @@ struct ProvisionInput {
 #[serde(deny_unknown_fields)]
 struct ResourceRef {
     name: String,
+}
+
+/// Input of `deploy`. Fields left out are taken from the base revision (the
+/// current one when `command` is left out, or `revision_of`).
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct DeployInput {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<bool>,
+    /// `{"http": "/healthz"}`, `{"tcp": true}` or null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    readiness: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    memory_limit_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revision_of: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ready_timeout_secs: Option<u64>,
+}
+
+/// Input of `scale`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleInput {
+    name: String,
+    replicas: u32,
+    #[serde(default)]
+    ready_timeout_secs: Option<u64>,
+}
+
+/// Input of `rollback`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackInput {
+    name: String,
+    #[serde(default)]
+    to: Option<i64>,
+    #[serde(default)]
+    ready_timeout_secs: Option<u64>,
+}
+
+/// Input of `exec`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecInput {
+    name: String,
+    command: Vec<String>,
+}
+
+fn invalid(message: impl Into<String>) -> CoreError {
+    CoreError::InvalidInput(message.into())
+}
+
+/// Checks environment variable names and values like a job's.
+pub fn validate_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), CoreError> {
+    for (key, value) in env {
+        let valid = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(invalid(format!(
+                "environment variable name `{key}` must match [A-Za-z_][A-Za-z0-9_]*"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(invalid("environment values may not contain NUL bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a readiness probe: `{"http": "/path"}`, `{"tcp": true}` or null.
+fn validate_readiness(r: &Value) -> Result<(), CoreError> {
+    match r {
+        Value::Null => Ok(()),
+        Value::Object(m) if m.len() == 1 => match (m.get("http"), m.get("tcp")) {
+            (Some(Value::String(p)), _) if p.starts_with('/') => Ok(()),
+            (_, Some(Value::Bool(true))) => Ok(()),
+            _ => Err(invalid(
+                "`readiness` must be {\"http\": \"/path\"}, {\"tcp\": true} or null",
+            )),
+        },
+        _ => Err(invalid(
+            "`readiness` must be {\"http\": \"/path\"}, {\"tcp\": true} or null",
+        )),
+    }
+}
+
+/// The three steps of a rollout: apply the new revision, wait until it is
+/// ready, retire the others. `template` holds the fields to set on `base`
+/// (`"current"`, `"previous"`, `{"revision": N}` or null).
+fn rollout(
+    env: &str,
+    name: &str,
+    base: Value,
+    template: Value,
+    timeout: Option<u64>,
+    input: Value,
+) -> Result<Plan, CoreError> {
+    let timeout = timeout.unwrap_or(DEFAULT_READY_TIMEOUT_SECS);
+    if timeout == 0 || timeout > 3600 {
+        return Err(invalid("`ready_timeout_secs` must be between 1 and 3600"));
+    }
+    let key = json!({ "env": env, "name": name });
+    let apply = json!({ "env": env, "name": name, "base": base, "template": template });
+    let undo = json!({ "kind": "restore_workload", "spec": key });
+    let mut wait = key.clone();
+    wait["ready_timeout_secs"] = json!(timeout);
+    Ok(Plan {
+        object: format!("workload/{env}/{name}"),
+        steps: vec![
+            step(0, "apply revision", "apply_workload", true, apply, undo),
+            step(1, "wait until ready", "await_workload", true, wait, Value::Null),
+            step(
+                2,
+                "retire previous revision",
+                "prune_workload",
+                true,
+                key,
+                Value::Null,
+            ),
+        ],
+        input,
+    })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(input: Value) -> Result<T, CoreError> {
@@ -120,6 +267,104 @@ pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan
                 input,
             })
         }
+        "deploy" => {
+            let d: DeployInput = parse(input)?;
+            crate::names::validate_name("workload", &d.name)?;
+            validate_env(&d.env)?;
+            if let Some(c) = &d.command {
+                if c.first().is_none_or(|p| p.is_empty()) {
+                    return Err(invalid("`command` must name a program"));
+                }
+                if c.iter().any(|a| a.contains('\0')) {
+                    return Err(invalid("`command` may not contain NUL bytes"));
+                }
+            }
+            if let Some(r) = &d.readiness {
+                validate_readiness(r)?;
+            }
+            if d.replicas.is_some_and(|r| r > 100) {
+                return Err(invalid("`replicas` must be at most 100"));
+            }
+            let base = match (d.revision_of, &d.command) {
+                (Some(n), _) => json!({ "revision": n }),
+                (None, None) => json!("current"),
+                (None, Some(_)) => Value::Null,
+            };
+            let template = json!({
+                "command": d.command,
+                "env": d.env,
+                "replicas": d.replicas,
+                "port": d.port,
+                "readiness": d.readiness,
+                "memory_limit_mb": d.memory_limit_mb,
+                "cwd": d.cwd,
+            });
+            let input = serde_json::to_value(&d).map_err(|e| invalid(e.to_string()))?;
+            rollout(env, &d.name, base, template, d.ready_timeout_secs, input)
+        }
+        "scale" => {
+            let s: ScaleInput = parse(input)?;
+            crate::names::validate_name("workload", &s.name)?;
+            if s.replicas > 100 {
+                return Err(invalid("`replicas` must be at most 100"));
+            }
+            let input = json!({ "name": s.name, "replicas": s.replicas });
+            let template = json!({ "replicas": s.replicas });
+            rollout(
+                env,
+                &s.name,
+                json!("current"),
+                template,
+                s.ready_timeout_secs,
+                input,
+            )
+        }
+        "rollback" => {
+            let r: RollbackInput = parse(input)?;
+            crate::names::validate_name("workload", &r.name)?;
+            let base = match r.to {
+                Some(n) => json!({ "revision": n }),
+                None => json!("previous"),
+            };
+            let input = json!({ "name": r.name, "to": r.to });
+            rollout(env, &r.name, base, json!({}), r.ready_timeout_secs, input)
+        }
+        "exec" => {
+            let e: ExecInput = parse(input)?;
+            crate::names::validate_name("workload", &e.name)?;
+            if e.command.first().is_none_or(|p| p.is_empty()) {
+                return Err(invalid("`command` must name a program"));
+            }
+            let input = json!({ "name": e.name, "command": e.command });
+            Ok(Plan {
+                object: format!("exec/{action_id}"),
+                steps: vec![step(
+                    0,
+                    "exec",
+                    "exec_workload",
+                    false,
+                    json!({ "env": env, "name": e.name, "command": e.command }),
+                    Value::Null,
+                )],
+                input,
+            })
+        }
+        "workload.delete" => {
+            let r: ResourceRef = parse(input)?;
+            crate::names::validate_name("workload", &r.name)?;
+            Ok(Plan {
+                object: format!("workload/{env}/{}", r.name),
+                steps: vec![step(
+                    0,
+                    &format!("delete {}", r.name),
+                    "delete_workload",
+                    true,
+                    json!({ "env": env, "name": r.name }),
+                    Value::Null,
+                )],
+                input: json!({ "name": r.name }),
+            })
+        }
         "noop" => {
             if !input.is_null() && input != json!({}) {
                 return Err(CoreError::InvalidInput("a noop action takes no input".into()));
@@ -178,6 +423,37 @@ mod tests {
             json!({"name": "db", "kind": "postgres", "size": 1})
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_deploy_is_three_idempotent_steps_on_its_workload() {
+        let p = plan(
+            "deploy",
+            "a1",
+            "staging",
+            json!({"name": "web", "command": ["demo"], "readiness": {"http": "/healthz"}}),
+        )
+        .unwrap();
+        assert_eq!(p.object, "workload/staging/web");
+        let kinds: Vec<_> = p.steps.iter().map(|s| s.kind.as_str()).collect();
+        assert_eq!(kinds, ["apply_workload", "await_workload", "prune_workload"]);
+        assert!(p.steps.iter().all(|s| s.idempotent));
+        assert_eq!(p.steps[0].compensation["kind"], "restore_workload");
+        assert_eq!(p.steps[1].spec["ready_timeout_secs"], 60);
+        assert!(plan("deploy", "a", "s", json!({"name": "web", "replicas": 2, "x": 1})).is_err());
+        assert!(plan("deploy", "a", "s", json!({"name": "web", "env": {"1X": "v"}})).is_err());
+        assert!(plan("deploy", "a", "s", json!({"name": "Web"})).is_err());
+        assert!(plan(
+            "deploy",
+            "a",
+            "s",
+            json!({"name": "web", "readiness": {"udp": 1}})
+        )
+        .is_err());
+        let s = plan("scale", "a", "s", json!({"name": "web", "replicas": 3})).unwrap();
+        assert_eq!(s.steps[0].spec["base"], "current");
+        let r = plan("rollback", "a", "s", json!({"name": "web"})).unwrap();
+        assert_eq!(r.steps[0].spec["base"], "previous");
     }
 
     #[test]

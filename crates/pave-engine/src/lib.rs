@@ -9,6 +9,7 @@ mod error;
 mod policy;
 mod resources;
 mod runner;
+mod workloads;
 
 pub use agents::AgentHub;
 pub use engine::{Engine, EngineConfig, Submission};

@@ -33,7 +33,7 @@ fn field<'a>(spec: &'a Value, key: &str) -> Result<&'a str, PrepareError> {
 }
 
 /// The resource's password: the stored one, or a new one to store now.
-async fn password(
+pub(crate) async fn password(
     engine: &Engine,
     env: &str,
     name: &str,

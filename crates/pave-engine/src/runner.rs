@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 use crate::resources::{self, Prepared};
+use crate::workloads;
 
 /// Log lines are written in batches of at most this many, or this often.
 const LOG_BATCH: usize = 256;
@@ -283,6 +284,9 @@ impl Run {
         if let Some(r) = resources::prepare(&self.engine, self.id(), kind, spec).await {
             return r;
         }
+        if let Some(r) = workloads::prepare(&self.engine, self.id(), kind, spec).await {
+            return r;
+        }
         payload_for(kind, spec)
             .map(|payload| Prepared {
                 payload,
@@ -429,6 +433,7 @@ impl Run {
             }
         };
         let mut ops = resources::after(&self.engine, kind, spec, &outcome_copy).await;
+        ops.extend(workloads::after(&self.engine, self.id(), kind, spec, &outcome_copy).await);
         ops.push(WriteOp::UpdateStep {
             action_id: self.id().to_string(),
             idx: step.idx,

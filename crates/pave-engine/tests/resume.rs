@@ -17,6 +17,8 @@ async fn engine(dir: &std::path::Path, store: DynStore, node: &str) -> Engine {
         work_dir: dir.join("work"),
         state_dir: dir.join("agent"),
         resources_dir: dir.join("resources"),
+        workloads_dir: dir.join("workloads"),
+        shim_command: vec!["pave-shim".into()],
     })
     .unwrap();
     let mut agents = HashMap::new();

@@ -83,6 +83,18 @@ pub trait Store: Send + Sync + 'static {
     /// Resources of an environment (all environments with `None`), by name.
     async fn list_resources(&self, env: Option<&str>) -> Result<Vec<pave_core::resource::Resource>>;
 
+    /// One workload record.
+    async fn get_workload(&self, env: &str, name: &str) -> Result<Option<WorkloadRecord>>;
+
+    /// Workloads of an environment, by name.
+    async fn list_workloads(&self, env: &str) -> Result<Vec<WorkloadRecord>>;
+
+    /// One revision of a workload.
+    async fn get_revision(&self, env: &str, name: &str, revision: i64) -> Result<Option<RevisionRecord>>;
+
+    /// Revisions of a workload, oldest first.
+    async fn list_revisions(&self, env: &str, name: &str) -> Result<Vec<RevisionRecord>>;
+
     /// An environment by name.
     async fn get_environment(&self, name: &str) -> Result<Option<Environment>>;
 

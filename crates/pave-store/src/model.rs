@@ -85,6 +85,57 @@ pub enum WriteOp {
         /// Resource name.
         name: String,
     },
+    /// Stores a new revision of a workload (creating the workload record with
+    /// no current revision); a revision that exists already is left as it is.
+    InsertRevision(RevisionRecord),
+    /// Makes `revision` the current revision of a workload (`None`: none serves).
+    SetCurrentRevision {
+        /// Environment.
+        env: String,
+        /// Workload name.
+        name: String,
+        /// The revision.
+        revision: Option<i64>,
+    },
+    /// Removes a workload record and its revisions.
+    DeleteWorkload {
+        /// Environment.
+        env: String,
+        /// Workload name.
+        name: String,
+    },
+}
+
+/// A workload record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    /// Environment.
+    pub env: String,
+    /// Name.
+    pub name: String,
+    /// The revision that serves (None until a first one became ready).
+    pub current_revision: Option<i64>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch.
+    pub updated_at: i64,
+}
+
+/// One immutable revision of a workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    /// Environment.
+    pub env: String,
+    /// Workload name.
+    pub name: String,
+    /// Revision number, from 1.
+    pub revision: i64,
+    /// The spec (env values are templates, never resolved secrets).
+    pub spec: Value,
+    /// The action that created it.
+    pub created_by: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
 }
 
 /// Fields of an action to change; `None` leaves a field as it is.

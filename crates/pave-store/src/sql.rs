@@ -105,6 +105,19 @@ fn json_text(v: &Value) -> String {
     v.to_string()
 }
 
+fn revision_from_tuple(
+    (env, name, revision, spec, created_by, created_at): (String, String, i64, String, String, i64),
+) -> Result<RevisionRecord> {
+    Ok(RevisionRecord {
+        env,
+        name,
+        revision,
+        spec: parse_json(&spec, "revision spec")?,
+        created_by,
+        created_at,
+    })
+}
+
 fn parse_json(s: &str, what: &str) -> Result<Value> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
@@ -577,6 +590,55 @@ macro_rules! sql_store {
                     }
                     WriteOp::DeleteResource { env, name } => {
                         sqlx::query("DELETE FROM resources WHERE env = $1 AND name = $2")
+                            .bind(env)
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::InsertRevision(r) => {
+                        sqlx::query(
+                            "INSERT INTO workloads (env, name, current_revision, created_at, updated_at) \
+                             VALUES ($1, $2, NULL, $3, $3) ON CONFLICT (env, name) DO NOTHING",
+                        )
+                        .bind(&r.env)
+                        .bind(&r.name)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        sqlx::query(
+                            "INSERT INTO revisions (env, name, revision, spec, created_by, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (env, name, revision) DO NOTHING",
+                        )
+                        .bind(&r.env)
+                        .bind(&r.name)
+                        .bind(r.revision)
+                        .bind(json_text(&r.spec))
+                        .bind(&r.created_by)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::SetCurrentRevision { env, name, revision } => {
+                        sqlx::query(
+                            "UPDATE workloads SET current_revision = $3, updated_at = $4 WHERE env = $1 AND name = $2",
+                        )
+                        .bind(env)
+                        .bind(name)
+                        .bind(*revision)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DeleteWorkload { env, name } => {
+                        sqlx::query("DELETE FROM revisions WHERE env = $1 AND name = $2")
+                            .bind(env)
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("DELETE FROM workloads WHERE env = $1 AND name = $2")
                             .bind(env)
                             .bind(name)
                             .execute(&mut *conn)
@@ -1124,6 +1186,69 @@ macro_rules! sql_store {
                     .fetch_all(self.reader())
                     .await?;
                 rows.iter().map(Self::resource_from_row).collect()
+            }
+
+            async fn get_workload(&self, env: &str, name: &str) -> Result<Option<WorkloadRecord>> {
+                let row: Option<(String, String, Option<i64>, i64, i64)> = sqlx::query_as(
+                    "SELECT env, name, current_revision, created_at, updated_at FROM workloads \
+                     WHERE env = $1 AND name = $2",
+                )
+                .bind(env)
+                .bind(name)
+                .fetch_optional(self.reader())
+                .await?;
+                Ok(row.map(|(env, name, current_revision, created_at, updated_at)| WorkloadRecord {
+                    env,
+                    name,
+                    current_revision,
+                    created_at,
+                    updated_at,
+                }))
+            }
+
+            async fn list_workloads(&self, env: &str) -> Result<Vec<WorkloadRecord>> {
+                let rows: Vec<(String, String, Option<i64>, i64, i64)> = sqlx::query_as(
+                    "SELECT env, name, current_revision, created_at, updated_at FROM workloads \
+                     WHERE env = $1 ORDER BY name",
+                )
+                .bind(env)
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(env, name, current_revision, created_at, updated_at)| WorkloadRecord {
+                        env,
+                        name,
+                        current_revision,
+                        created_at,
+                        updated_at,
+                    })
+                    .collect())
+            }
+
+            async fn get_revision(&self, env: &str, name: &str, revision: i64) -> Result<Option<RevisionRecord>> {
+                let row: Option<(String, String, i64, String, String, i64)> = sqlx::query_as(
+                    "SELECT env, name, revision, spec, created_by, created_at FROM revisions \
+                     WHERE env = $1 AND name = $2 AND revision = $3",
+                )
+                .bind(env)
+                .bind(name)
+                .bind(revision)
+                .fetch_optional(self.reader())
+                .await?;
+                row.map(revision_from_tuple).transpose()
+            }
+
+            async fn list_revisions(&self, env: &str, name: &str) -> Result<Vec<RevisionRecord>> {
+                let rows: Vec<(String, String, i64, String, String, i64)> = sqlx::query_as(
+                    "SELECT env, name, revision, spec, created_by, created_at FROM revisions \
+                     WHERE env = $1 AND name = $2 ORDER BY revision",
+                )
+                .bind(env)
+                .bind(name)
+                .fetch_all(self.reader())
+                .await?;
+                rows.into_iter().map(revision_from_tuple).collect()
             }
 
             async fn get_environment(&self, name: &str) -> Result<Option<Environment>> {

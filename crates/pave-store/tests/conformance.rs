@@ -360,6 +360,61 @@ async fn tokens_are_found_by_hash(store: DynStore) {
     );
 }
 
+async fn workloads_keep_immutable_revisions_and_a_current_one(store: DynStore) {
+    let rev = |n: i64, replicas: u32, by: &str| RevisionRecord {
+        env: "local".into(),
+        name: "web".into(),
+        revision: n,
+        spec: json!({ "command": ["demo"], "replicas": replicas, "env": { "URL": "${resource.db.url}" } }),
+        created_by: by.into(),
+        created_at: 0,
+    };
+    one(&store, vec![WriteOp::InsertRevision(rev(1, 1, "a1"))])
+        .await
+        .unwrap();
+    let w = store.get_workload("local", "web").await.unwrap().unwrap();
+    assert_eq!(w.current_revision, None);
+    one(
+        &store,
+        vec![
+            WriteOp::SetCurrentRevision {
+                env: "local".into(),
+                name: "web".into(),
+                revision: Some(1),
+            },
+            WriteOp::InsertRevision(rev(2, 3, "a2")),
+            // A revision is never replaced.
+            WriteOp::InsertRevision(rev(1, 9, "other")),
+        ],
+    )
+    .await
+    .unwrap();
+    let w = store.get_workload("local", "web").await.unwrap().unwrap();
+    assert_eq!(w.current_revision, Some(1));
+    let r1 = store.get_revision("local", "web", 1).await.unwrap().unwrap();
+    assert_eq!(
+        (r1.spec["replicas"].as_u64(), r1.created_by.as_str()),
+        (Some(1), "a1")
+    );
+    assert_eq!(r1.spec["env"]["URL"], "${resource.db.url}");
+    let all = store.list_revisions("local", "web").await.unwrap();
+    assert_eq!(all.iter().map(|r| r.revision).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(store.list_workloads("local").await.unwrap().len(), 1);
+    assert!(store.list_workloads("staging").await.unwrap().is_empty());
+    assert!(store.get_revision("local", "web", 3).await.unwrap().is_none());
+    one(
+        &store,
+        vec![WriteOp::DeleteWorkload {
+            env: "local".into(),
+            name: "web".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(store.get_workload("local", "web").await.unwrap().is_none());
+    assert!(store.list_revisions("local", "web").await.unwrap().is_empty());
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -397,6 +452,7 @@ both!(
     steps_logs_and_pages,
     lists_filter_and_paginate_newest_first,
     tokens_are_found_by_hash,
+    workloads_keep_immutable_revisions_and_a_current_one,
 );
 
 #[tokio::test(flavor = "multi_thread")]

@@ -120,6 +120,14 @@ pub async fn start(
         work_dir: data_dir.join("work"),
         state_dir: data_dir.join("agent"),
         resources_dir: data_dir.join("resources"),
+        workloads_dir: data_dir.join("workloads"),
+        shim_command: vec![
+            std::env::current_exe()
+                .context("could not find the pave executable (it supervises workloads)")?
+                .display()
+                .to_string(),
+            "shim".to_string(),
+        ],
     })
     .context("could not start the embedded agent")?;
     let mut agents = HashMap::new();

@@ -3,3 +3,4 @@
 
 pub mod job;
 pub mod process;
+pub mod workload;

@@ -73,8 +73,15 @@ pub fn now_ms() -> Timestamp {
 /// reader sees the old or the new content, never a torn one.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    write_atomic(path, &body)
+}
+
+/// Writes through a temporary file named after the writing process: pave and
+/// the shim both write some files (`shim.pid`), and a shared temporary name
+/// would let one rename the other's away.
+fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".tmp.{}", std::process::id()));
     std::fs::write(&tmp, body)?;
     std::fs::rename(&tmp, path)
 }
@@ -91,8 +98,5 @@ pub fn read_pid_file(path: &Path) -> Option<(i32, u64)> {
 }
 
 pub fn write_pid_file(path: &Path, pid: i32, start_time: u64) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{pid} {start_time}\n"))?;
-    std::fs::rename(&tmp, path)
+    write_atomic(path, format!("{pid} {start_time}\n").as_bytes())
 }

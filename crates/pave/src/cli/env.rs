@@ -156,7 +156,10 @@ pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
             let resources: Vec<pave_core::resource::Resource> = client
                 .get(&format!("/api/v1/environments/{}/resources", a.name))
                 .await?;
-            let status = json!({ "environment": e, "resources": resources });
+            let workloads: Vec<serde_json::Value> = client
+                .get(&format!("/api/v1/environments/{}/workloads", a.name))
+                .await?;
+            let status = json!({ "environment": e, "resources": resources, "workloads": workloads });
             if !output::structured(a.client.output, &status)? {
                 println!(
                     "environment {} on target {} ({})",
@@ -177,6 +180,10 @@ pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
                     })
                     .collect();
                 output::table(&["RESOURCE", "LIFECYCLE", "HEALTH", "PORT"], &rows);
+                if !workloads.is_empty() {
+                    println!();
+                    output::table(super::workloads::HEADER, &super::workloads::rows(&workloads));
+                }
             }
         }
         EnvCmd::Delete(a) => {

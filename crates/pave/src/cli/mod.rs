@@ -6,6 +6,7 @@ mod env;
 mod login;
 mod resources;
 mod run;
+mod workloads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,19 @@ pub enum Command {
     /// List, inspect, repair and delete resources.
     #[command(subcommand)]
     Resources(resources::ResourcesCmd),
+    /// Deploy a new revision of a workload (a rollout).
+    Deploy(workloads::DeployArgs),
+    /// Change a workload's replica count (a new revision).
+    Scale(workloads::ScaleArgs),
+    /// Deploy an earlier revision's spec again (as a new revision).
+    Rollback(workloads::RollbackArgs),
+    /// Run a command in a workload's environment; exits with its exit code.
+    Exec(workloads::ExecArgs),
+    /// Show the last lines of a workload's output.
+    Logs(workloads::LogsArgs),
+    /// List, inspect and delete workloads.
+    #[command(subcommand)]
+    Workloads(workloads::WorkloadsCmd),
     /// Inspect and steer actions.
     #[command(subcommand)]
     Actions(actions::ActionsCmd),
@@ -119,6 +133,12 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Env(cmd) => env::run(cmd).await,
         Command::Provision(args) => resources::provision(args).await,
         Command::Resources(cmd) => resources::run(cmd).await,
+        Command::Deploy(args) => workloads::deploy(args).await,
+        Command::Scale(args) => workloads::scale(args).await,
+        Command::Rollback(args) => workloads::rollback(args).await,
+        Command::Exec(args) => workloads::exec(args).await,
+        Command::Logs(args) => workloads::logs(args).await,
+        Command::Workloads(cmd) => workloads::run(cmd).await,
         Command::Login(args) => login::login(args).await,
         Command::Version(args) => login::version(args).await,
         // Handled in main, before any async runtime exists: the shim forks and

@@ -1,0 +1,227 @@
+//! Workload commands, executed by the local target driver
+//! ([`pave_targets::local::LocalTarget`]).
+
+use std::time::Duration;
+
+use pave_targets::{ContainerState, Target, WorkloadKey, WorkloadSpec, WorkloadStatus};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{Command, CommandPayload, FromAgent, LogStream, Outcome};
+
+/// How often a rollout looks at the replicas.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Executes a workload command, or `None` when the command is not one.
+pub async fn execute(
+    target: &dyn Target,
+    cmd: &Command,
+    token: CancellationToken,
+    out: &mpsc::Sender<FromAgent>,
+) -> Option<Outcome> {
+    let outcome = match &cmd.payload {
+        CommandPayload::ApplyWorkload { key, spec } => status_outcome(target.apply(key, spec).await),
+        CommandPayload::RestoreWorkload { key, spec } => match spec {
+            Some(spec) => match target.apply(key, spec).await {
+                Ok(_) => match target.prune(key, Some(spec.revision)).await {
+                    Ok(()) => status_outcome(target.status(key).await),
+                    Err(e) => failed("prune_failed", e.to_string()),
+                },
+                Err(e) => failed("workload_failed", e.to_string()),
+            },
+            None => match target.prune(key, None).await {
+                Ok(()) => Outcome::Succeeded { output: Value::Null },
+                Err(e) => failed("prune_failed", e.to_string()),
+            },
+        },
+        CommandPayload::WorkloadStatus { key } => status_outcome(target.status(key).await),
+        CommandPayload::PruneWorkload { key, keep } => match target.prune(key, *keep).await {
+            Ok(()) => status_outcome(target.status(key).await),
+            Err(e) => failed("prune_failed", e.to_string()),
+        },
+        CommandPayload::WorkloadLogs { key, replica, tail } => {
+            match target.logs(key, *replica, *tail).await {
+                Ok(lines) => Outcome::Succeeded {
+                    output: json!({ "lines": lines }),
+                },
+                Err(e) => failed("logs_failed", e.to_string()),
+            }
+        }
+        CommandPayload::ExecWorkload { key, command } => exec(target, cmd, key, command, out).await,
+        CommandPayload::AwaitWorkload {
+            key,
+            revision,
+            timeout_ms,
+            fallback,
+        } => await_ready(target, key, *revision, *timeout_ms, fallback.as_deref(), token).await,
+        _ => return None,
+    };
+    Some(outcome)
+}
+
+fn failed(code: &str, message: String) -> Outcome {
+    Outcome::Failed {
+        code: code.to_string(),
+        message,
+        output: Value::Null,
+    }
+}
+
+fn status_outcome(r: Result<WorkloadStatus, pave_targets::TargetError>) -> Outcome {
+    match r {
+        Ok(s) => Outcome::Succeeded {
+            output: serde_json::to_value(s).unwrap_or_default(),
+        },
+        Err(e) => failed("workload_failed", e.to_string()),
+    }
+}
+
+async fn exec(
+    target: &dyn Target,
+    cmd: &Command,
+    key: &WorkloadKey,
+    command: &[String],
+    out: &mpsc::Sender<FromAgent>,
+) -> Outcome {
+    let (tx, mut rx) = mpsc::channel::<(String, String)>(256);
+    let forward = {
+        let out = out.clone();
+        let id = cmd.id.clone();
+        async move {
+            while let Some((stream, line)) = rx.recv().await {
+                let stream = if stream == "stderr" {
+                    LogStream::Stderr
+                } else {
+                    LogStream::Stdout
+                };
+                let _ = out
+                    .send(FromAgent::Log {
+                        command_id: id.clone(),
+                        stream,
+                        line,
+                    })
+                    .await;
+            }
+        }
+    };
+    let (code, ()) = tokio::join!(target.exec(key, command, tx), forward);
+    match code {
+        Ok(exit_code) => Outcome::Succeeded {
+            output: json!({ "exit_code": exit_code }),
+        },
+        Err(e) => failed("exec_failed", e.to_string()),
+    }
+}
+
+fn describe(state: &ContainerState) -> String {
+    match state {
+        ContainerState::Running { .. } => "Running".into(),
+        ContainerState::Waiting { reason, .. } => format!("Waiting({reason})"),
+        ContainerState::Terminated {
+            reason, exit_code, ..
+        } => match exit_code {
+            Some(c) => format!("Terminated({reason}, exit {c})"),
+            None => format!("Terminated({reason})"),
+        },
+    }
+}
+
+/// Why `revision` is not ready, replica by replica.
+async fn not_ready_report(
+    target: &dyn Target,
+    key: &WorkloadKey,
+    status: &WorkloadStatus,
+    revision: i64,
+) -> String {
+    let mut parts = Vec::new();
+    let mut first_bad = None;
+    for r in status.of_revision(revision) {
+        if r.ready {
+            continue;
+        }
+        first_bad.get_or_insert(r.index);
+        let mut s = format!("replica {} {}", r.index, describe(&r.state));
+        if let Some(ContainerState::Terminated {
+            exit_code: Some(c), ..
+        }) = &r.last_state
+        {
+            s.push_str(&format!(", last exit {c}"));
+        }
+        parts.push(s);
+    }
+    if parts.is_empty() {
+        parts.push("no replica of it runs".into());
+    }
+    let mut text = parts.join("; ");
+    if let Some(index) = first_bad {
+        if let Ok(lines) = target.logs(key, Some(index), 5).await {
+            if !lines.is_empty() {
+                text.push_str(&format!("; output tail: {}", lines.join(" | ")));
+            }
+        }
+    }
+    text
+}
+
+async fn await_ready(
+    target: &dyn Target,
+    key: &WorkloadKey,
+    revision: i64,
+    timeout_ms: u64,
+    fallback: Option<&WorkloadSpec>,
+    token: CancellationToken,
+) -> Outcome {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let status = match target.status(key).await {
+            Ok(s) => s,
+            Err(e) => return failed("workload_failed", e.to_string()),
+        };
+        let ready = status.of_revision(revision).filter(|r| r.ready).count() as u32;
+        if status.revision == Some(revision) && ready >= status.desired {
+            return Outcome::Succeeded {
+                output: serde_json::to_value(status).unwrap_or_default(),
+            };
+        }
+        let cancelled = token.is_cancelled();
+        if cancelled || tokio::time::Instant::now() >= deadline {
+            let report = not_ready_report(target, key, &status, revision).await;
+            let retired = match fallback {
+                Some(prev) => match target.apply(key, prev).await {
+                    Ok(_) => match target.prune(key, Some(prev.revision)).await {
+                        Ok(()) => format!(
+                            "revision {revision} was retired; revision {} is still current and serving",
+                            prev.revision
+                        ),
+                        Err(e) => format!("retiring revision {revision} failed: {e}"),
+                    },
+                    Err(e) => format!("restoring revision {} failed: {e}", prev.revision),
+                },
+                None => match target.prune(key, None).await {
+                    Ok(()) => {
+                        format!("revision {revision} was removed; the workload has no revision serving")
+                    }
+                    Err(e) => format!("removing revision {revision} failed: {e}"),
+                },
+            };
+            if cancelled {
+                return Outcome::Cancelled {
+                    output: json!({ "message": format!("{report}; {retired}") }),
+                };
+            }
+            return Outcome::Failed {
+                code: "not_ready".into(),
+                message: format!(
+                    "revision {revision} not ready after {}s: {report}; {retired}",
+                    timeout_ms / 1000
+                ),
+                output: Value::Null,
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = token.cancelled() => {}
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! What the engine does around workload steps (rollouts). A revision is
+//! written, immutable, with the start of its `apply_workload` step; its
+//! environment values are templates (`${resource.db.password}`) resolved from
+//! resource outputs and the vault at dispatch only, never stored. The current
+//! revision changes only once the new one is ready (with `prune_workload`).
+
+use std::collections::BTreeMap;
+
+use pave_agent::protocol::{Command, CommandPayload, FromAgent, Outcome, WorkloadKey, WorkloadSpec};
+use pave_core::action::ActionState;
+use pave_core::time::now_ms;
+use pave_store::{RevisionRecord, WriteOp};
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+use crate::resources::{PrepareError, Prepared};
+
+fn err(code: &str, message: impl Into<String>) -> PrepareError {
+    (code.to_string(), message.into())
+}
+
+fn store_err(e: pave_store::StoreError) -> PrepareError {
+    err("store_failed", e.to_string())
+}
+
+fn key_of(spec: &Value) -> Result<WorkloadKey, PrepareError> {
+    match (spec["env"].as_str(), spec["name"].as_str()) {
+        (Some(env), Some(name)) => Ok(WorkloadKey::new(env, name)),
+        _ => Err(err("invalid_step", "step spec lacks `env` or `name`")),
+    }
+}
+
+/// The revision an action created, if it did.
+async fn revision_of_action(
+    engine: &Engine,
+    key: &WorkloadKey,
+    action_id: &str,
+) -> Result<Option<RevisionRecord>, PrepareError> {
+    let revisions = engine
+        .store()
+        .list_revisions(&key.env, &key.name)
+        .await
+        .map_err(store_err)?;
+    Ok(revisions.into_iter().rev().find(|r| r.created_by == action_id))
+}
+
+/// The newest revision below `below` whose rollout succeeded (so it served).
+async fn previous_serving(
+    engine: &Engine,
+    key: &WorkloadKey,
+    below: i64,
+) -> Result<Option<RevisionRecord>, PrepareError> {
+    let revisions = engine
+        .store()
+        .list_revisions(&key.env, &key.name)
+        .await
+        .map_err(store_err)?;
+    for r in revisions.into_iter().rev().filter(|r| r.revision < below) {
+        let action = engine
+            .store()
+            .get_action(&r.created_by)
+            .await
+            .map_err(store_err)?;
+        if action.is_some_and(|a| a.state == ActionState::Succeeded) {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+async fn current(engine: &Engine, key: &WorkloadKey) -> Result<Option<RevisionRecord>, PrepareError> {
+    let Some(w) = engine
+        .store()
+        .get_workload(&key.env, &key.name)
+        .await
+        .map_err(store_err)?
+    else {
+        return Ok(None);
+    };
+    let Some(n) = w.current_revision else {
+        return Ok(None);
+    };
+    engine
+        .store()
+        .get_revision(&key.env, &key.name, n)
+        .await
+        .map_err(store_err)
+}
+
+/// Converts an input readiness (`{"http": "/p"}`, `{"tcp": true}`) to the driver's.
+fn readiness(r: &Value) -> Value {
+    if let Some(p) = r.get("http").and_then(Value::as_str) {
+        json!({ "type": "http", "path": p })
+    } else if r.get("tcp").is_some() {
+        json!({ "type": "tcp" })
+    } else {
+        Value::Null
+    }
+}
+
+/// The spec of a new revision: `base` with the fields of `template` set.
+async fn new_spec(
+    engine: &Engine,
+    key: &WorkloadKey,
+    base: &Value,
+    template: &Value,
+) -> Result<Value, PrepareError> {
+    let no_current = || {
+        err(
+            "no_revision",
+            format!(
+                "workload `{}` has no current revision in `{}`; deploy it with a command first",
+                key.name, key.env
+            ),
+        )
+    };
+    let mut spec = match base {
+        Value::Null => json!({ "command": [], "env": {}, "replicas": 1, "port": true, "readiness": null }),
+        Value::String(s) if s == "current" => current(engine, key).await?.ok_or_else(no_current)?.spec,
+        Value::String(s) if s == "previous" => {
+            let cur = current(engine, key).await?.ok_or_else(no_current)?;
+            previous_serving(engine, key, cur.revision)
+                .await?
+                .ok_or_else(|| {
+                    err(
+                        "no_revision",
+                        format!(
+                            "workload `{}` has no revision before {} to roll back to",
+                            key.name, cur.revision
+                        ),
+                    )
+                })?
+                .spec
+        }
+        other => {
+            let n = other["revision"]
+                .as_i64()
+                .ok_or_else(|| err("invalid_step", "step spec has an unknown `base`"))?;
+            engine
+                .store()
+                .get_revision(&key.env, &key.name, n)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    err(
+                        "not_found",
+                        format!("workload `{}` has no revision {n}", key.name),
+                    )
+                })?
+                .spec
+        }
+    };
+    for field in ["command", "replicas", "port", "memory_limit_mb", "cwd"] {
+        if !template[field].is_null() {
+            spec[field] = template[field].clone();
+        }
+    }
+    if !template["readiness"].is_null() {
+        spec["readiness"] = readiness(&template["readiness"]);
+    }
+    if let Some(env) = template["env"].as_object() {
+        if !spec["env"].is_object() {
+            spec["env"] = json!({});
+        }
+        for (k, v) in env {
+            spec["env"][k] = v.clone();
+        }
+    }
+    let mut check = spec.clone();
+    check["revision"] = json!(0);
+    let parsed: WorkloadSpec = serde_json::from_value(check)
+        .map_err(|e| err("invalid_spec", format!("the new revision is invalid: {e}")))?;
+    if parsed.command.first().is_none_or(|p| p.is_empty()) {
+        return Err(err("invalid_spec", "a workload needs a command"));
+    }
+    // Store the normalised form, so equal specs compare equal.
+    let mut stored = serde_json::to_value(&parsed).unwrap_or_default();
+    if let Some(m) = stored.as_object_mut() {
+        m.remove("revision");
+    }
+    Ok(stored)
+}
+
+/// Replaces `${resource.NAME.FIELD}` in `value`.
+async fn resolve_value(engine: &Engine, env: &str, value: &str) -> Result<String, PrepareError> {
+    const OPEN: &str = "${resource.";
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + OPEN.len()..];
+        let end = after.find('}').ok_or_else(|| {
+            err(
+                "invalid_spec",
+                format!("unterminated `${{resource.…}}` in `{value}`"),
+            )
+        })?;
+        let reference = &after[..end];
+        let (name, field) = reference.split_once('.').ok_or_else(|| {
+            err(
+                "invalid_spec",
+                format!("`${{resource.{reference}}}` must be `${{resource.NAME.FIELD}}`"),
+            )
+        })?;
+        out.push_str(&resource_field(engine, env, name, field).await?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+async fn resource_field(engine: &Engine, env: &str, name: &str, field: &str) -> Result<String, PrepareError> {
+    let r = engine
+        .store()
+        .get_resource(env, name)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| {
+            err(
+                "not_found",
+                format!("resource `{name}` does not exist in `{env}`"),
+            )
+        })?;
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    if field == "password" {
+        return Ok(crate::resources::password(engine, env, name, false).await?.0);
+    }
+    if let Some(v) = text(r.outputs.get(field)) {
+        return Ok(v);
+    }
+    if field == "url" {
+        let (password, _) = crate::resources::password(engine, env, name, false).await?;
+        let host = text(r.outputs.get("host")).unwrap_or_else(|| "127.0.0.1".into());
+        let port = text(r.outputs.get("port")).unwrap_or_default();
+        return Ok(match r.kind.as_str() {
+            "redis" => format!("redis://:{password}@{host}:{port}"),
+            _ => format!(
+                "postgresql://{}:{password}@{host}:{port}/{}",
+                text(r.outputs.get("user")).unwrap_or_default(),
+                text(r.outputs.get("database")).unwrap_or_default()
+            ),
+        });
+    }
+    Err(err(
+        "invalid_spec",
+        format!(
+            "resource `{name}` has no output `{field}` (it has: password, url, {})",
+            r.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    ))
+}
+
+/// A stored revision as the driver's spec, its templates resolved.
+async fn resolved(
+    engine: &Engine,
+    key: &WorkloadKey,
+    r: &RevisionRecord,
+) -> Result<WorkloadSpec, PrepareError> {
+    let mut spec = r.spec.clone();
+    spec["revision"] = json!(r.revision);
+    let mut spec: WorkloadSpec = serde_json::from_value(spec).map_err(|e| {
+        err(
+            "invalid_spec",
+            format!("stored revision {} is invalid: {e}", r.revision),
+        )
+    })?;
+    let mut env = BTreeMap::new();
+    for (k, v) in &spec.env {
+        env.insert(k.clone(), resolve_value(engine, &key.env, v).await?);
+    }
+    spec.env = env;
+    Ok(spec)
+}
+
+/// Prepares a workload step, or `None` when `kind` is not one.
+pub(crate) async fn prepare(
+    engine: &Engine,
+    action_id: &str,
+    kind: &str,
+    spec: &Value,
+) -> Option<Result<Prepared, PrepareError>> {
+    let result = match kind {
+        "apply_workload" => prepare_apply(engine, action_id, spec).await,
+        "await_workload" => prepare_await(engine, action_id, spec).await,
+        "prune_workload" => prepare_prune(engine, action_id, spec).await,
+        "restore_workload" => prepare_restore(engine, action_id, spec).await,
+        "delete_workload" => key_of(spec).map(|key| Prepared {
+            payload: CommandPayload::PruneWorkload { key, keep: None },
+            before: vec![],
+        }),
+        "exec_workload" => prepare_exec(engine, spec).await,
+        _ => return None,
+    };
+    Some(result)
+}
+
+async fn prepare_apply(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
+    let key = key_of(spec)?;
+    let mut before = vec![];
+    let revision = match revision_of_action(engine, &key, action_id).await? {
+        // A re-run step applies the revision it created the first time.
+        Some(r) => r,
+        None => {
+            let stored = new_spec(engine, &key, &spec["base"], &spec["template"]).await?;
+            let max = engine
+                .store()
+                .list_revisions(&key.env, &key.name)
+                .await
+                .map_err(store_err)?
+                .last()
+                .map_or(0, |r| r.revision);
+            let r = RevisionRecord {
+                env: key.env.clone(),
+                name: key.name.clone(),
+                revision: max + 1,
+                spec: stored,
+                created_by: action_id.to_string(),
+                created_at: now_ms(),
+            };
+            before.push(WriteOp::InsertRevision(r.clone()));
+            r
+        }
+    };
+    let spec = resolved(engine, &key, &revision).await?;
+    Ok(Prepared {
+        payload: CommandPayload::ApplyWorkload {
+            key,
+            spec: Box::new(spec),
+        },
+        before,
+    })
+}
+
+async fn own_revision(
+    engine: &Engine,
+    key: &WorkloadKey,
+    action_id: &str,
+) -> Result<RevisionRecord, PrepareError> {
+    revision_of_action(engine, key, action_id)
+        .await?
+        .ok_or_else(|| err("invalid_step", "this action created no revision"))
+}
+
+async fn prepare_await(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
+    let key = key_of(spec)?;
+    let mine = own_revision(engine, &key, action_id).await?;
+    let fallback = match current(engine, &key).await? {
+        Some(cur) if cur.revision != mine.revision => Some(Box::new(resolved(engine, &key, &cur).await?)),
+        _ => None,
+    };
+    let secs = spec["ready_timeout_secs"]
+        .as_u64()
+        .unwrap_or(pave_core::plan::DEFAULT_READY_TIMEOUT_SECS);
+    Ok(Prepared {
+        payload: CommandPayload::AwaitWorkload {
+            key,
+            revision: mine.revision,
+            timeout_ms: secs * 1000,
+            fallback,
+        },
+        before: vec![],
+    })
+}
+
+async fn prepare_prune(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
+    let key = key_of(spec)?;
+    let mine = own_revision(engine, &key, action_id).await?;
+    Ok(Prepared {
+        payload: CommandPayload::PruneWorkload {
+            key,
+            keep: Some(mine.revision),
+        },
+        before: vec![],
+    })
+}
+
+async fn prepare_restore(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
+    let key = key_of(spec)?;
+    let Some(mine) = revision_of_action(engine, &key, action_id).await? else {
+        return Ok(Prepared {
+            payload: CommandPayload::Noop,
+            before: vec![],
+        });
+    };
+    let spec = match previous_serving(engine, &key, mine.revision).await? {
+        Some(prev) => Some(Box::new(resolved(engine, &key, &prev).await?)),
+        None => None,
+    };
+    Ok(Prepared {
+        payload: CommandPayload::RestoreWorkload { key, spec },
+        before: vec![],
+    })
+}
+
+async fn prepare_exec(engine: &Engine, spec: &Value) -> Result<Prepared, PrepareError> {
+    let key = key_of(spec)?;
+    let command: Vec<String> = serde_json::from_value(spec["command"].clone())
+        .map_err(|e| err("invalid_step", format!("step spec `command`: {e}")))?;
+    if engine
+        .store()
+        .get_workload(&key.env, &key.name)
+        .await
+        .map_err(store_err)?
+        .is_none()
+    {
+        return Err(err(
+            "not_found",
+            format!("workload `{}` does not exist in `{}`", key.name, key.env),
+        ));
+    }
+    Ok(Prepared {
+        payload: CommandPayload::ExecWorkload { key, command },
+        before: vec![],
+    })
+}
+
+/// What to write with a workload step's result.
+pub(crate) async fn after(
+    engine: &Engine,
+    action_id: &str,
+    kind: &str,
+    spec: &Value,
+    outcome: &Outcome,
+) -> Vec<WriteOp> {
+    if !matches!(outcome, Outcome::Succeeded { .. }) {
+        return vec![];
+    }
+    let Ok(key) = key_of(spec) else {
+        return vec![];
+    };
+    match kind {
+        "prune_workload" => match revision_of_action(engine, &key, action_id).await {
+            Ok(Some(r)) => vec![WriteOp::SetCurrentRevision {
+                env: key.env,
+                name: key.name,
+                revision: Some(r.revision),
+            }],
+            _ => vec![],
+        },
+        "restore_workload" => {
+            let Ok(Some(mine)) = revision_of_action(engine, &key, action_id).await else {
+                return vec![];
+            };
+            let prev = previous_serving(engine, &key, mine.revision).await.ok().flatten();
+            vec![WriteOp::SetCurrentRevision {
+                env: key.env,
+                name: key.name,
+                revision: prev.map(|p| p.revision),
+            }]
+        }
+        "delete_workload" => vec![WriteOp::DeleteWorkload {
+            env: key.env,
+            name: key.name,
+        }],
+        _ => vec![],
+    }
+}
+
+impl Engine {
+    /// The live status of a workload (JSON of `pave_targets::WorkloadStatus`).
+    pub async fn workload_status(&self, env: &str, name: &str) -> Result<Value, String> {
+        let key = WorkloadKey::new(env, name);
+        match self
+            .query_agent(env, CommandPayload::WorkloadStatus { key })
+            .await?
+        {
+            Outcome::Succeeded { output } => Ok(output),
+            Outcome::Failed { message, .. } => Err(message),
+            Outcome::Cancelled { .. } => Err("the status query was cancelled".into()),
+        }
+    }
+
+    /// The last `tail` lines of a workload's output.
+    pub async fn workload_logs(
+        &self,
+        env: &str,
+        name: &str,
+        replica: Option<u32>,
+        tail: usize,
+    ) -> Result<Vec<String>, String> {
+        let key = WorkloadKey::new(env, name);
+        match self
+            .query_agent(env, CommandPayload::WorkloadLogs { key, replica, tail })
+            .await?
+        {
+            Outcome::Succeeded { output } => {
+                Ok(serde_json::from_value(output["lines"].clone()).unwrap_or_default())
+            }
+            Outcome::Failed { message, .. } => Err(message),
+            Outcome::Cancelled { .. } => Err("the log query was cancelled".into()),
+        }
+    }
+
+    /// Sends one read-only command (status, logs) to the agent of `env`'s
+    /// target and returns how it ended.
+    pub async fn query_agent(&self, env: &str, payload: CommandPayload) -> Result<Outcome, String> {
+        let target = self
+            .target_of(env)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("environment `{env}` does not exist"))?;
+        let hub = self
+            .inner
+            .agents
+            .get(&target)
+            .cloned()
+            .ok_or_else(|| format!("no agent serves target `{target}`"))?;
+        let cmd = Command {
+            id: format!("query.{env}.{}", pave_core::ids::new_id()),
+            action_id: String::new(),
+            step: 0,
+            payload,
+        };
+        let id = cmd.id.clone();
+        let mut rx = hub.dispatch(cmd).await?;
+        let outcome = loop {
+            match rx.recv().await {
+                Some(FromAgent::Result { outcome, .. }) => break Ok(outcome),
+                Some(_) => continue,
+                None => break Err(format!("the agent of target `{target}` went away")),
+            }
+        };
+        hub.ack(&id).await;
+        outcome
+    }
+}
