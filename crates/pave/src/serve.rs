@@ -93,6 +93,10 @@ pub async fn start(
     set_private_umask();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("could not create data directory {}", data_dir.display()))?;
+    // Absolute from here on: resource servers and workload shims run in
+    // directories of their own, where a relative path would point elsewhere.
+    let data_dir = &std::fs::canonicalize(data_dir)
+        .with_context(|| format!("could not resolve data directory {}", data_dir.display()))?;
     // Traversable but not listable: resource servers run as other users (PostgreSQL
     // as `postgres`) and must reach their directories below; every secret file
     // in it is 0600, and the umask set at start keeps new files private.

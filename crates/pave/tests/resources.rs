@@ -182,3 +182,45 @@ fn postgres_and_redis_are_provisioned_watched_repaired_and_deleted() {
     assert!(!seen.contains(&pw), "the password leaked");
     assert_eq!(server.cli(&["audit", "verify"]).status.code(), Some(0));
 }
+
+#[test]
+fn a_relative_data_dir_works_for_resources_like_the_default_does() {
+    let dir = tempdir();
+    let port = pave_testkit::free_port();
+    let mut child = std::process::Command::new(pave_bin())
+        .args([
+            "serve",
+            "--data-dir",
+            "pave-data",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_status(port, "/readyz", None) != Some(200) {
+        assert!(Instant::now() < deadline, "server not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let token = std::fs::read_to_string(dir.path().join("pave-data/admin.token")).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(pave_bin())
+            .args(args)
+            .current_dir("/")
+            .env("PAVE_SERVER", format!("http://127.0.0.1:{port}"))
+            .env("PAVE_TOKEN", token.trim())
+            .env("PAVE_CONFIG", dir.path().join("cli.json"))
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["provision", "redis", "cache", "--env", "local", "--wait"]);
+    let ok = out.status.code() == Some(0);
+    let del = cli(&["resources", "delete", "cache", "--env", "local", "--wait"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "{}", stderr(&out));
+    assert_eq!(del.status.code(), Some(0), "{}", stderr(&del));
+}
