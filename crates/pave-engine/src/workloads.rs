@@ -118,19 +118,37 @@ async fn new_spec(
         Value::Null => json!({ "command": [], "env": {}, "replicas": 1, "port": true, "readiness": null }),
         Value::String(s) if s == "current" => current(engine, key).await?.ok_or_else(no_current)?.spec,
         Value::String(s) if s == "previous" => {
+            // Like `kubectl rollout undo`: back to the last template that differed
+            // from the current one (a scale changes no template), keeping the
+            // current replica count.
             let cur = current(engine, key).await?.ok_or_else(no_current)?;
-            previous_serving(engine, key, cur.revision)
-                .await?
+            let template = |spec: &Value| {
+                let mut t = spec.clone();
+                if let Some(o) = t.as_object_mut() {
+                    o.remove("replicas");
+                }
+                t
+            };
+            let mut below = cur.revision;
+            let previous = loop {
+                match previous_serving(engine, key, below).await? {
+                    Some(r) if template(&r.spec) == template(&cur.spec) => below = r.revision,
+                    other => break other,
+                }
+            };
+            let mut spec = previous
                 .ok_or_else(|| {
                     err(
                         "no_revision",
                         format!(
-                            "workload `{}` has no revision before {} to roll back to",
-                            key.name, cur.revision
+                            "workload `{}` has no earlier revision with another spec to roll back to",
+                            key.name
                         ),
                     )
                 })?
-                .spec
+                .spec;
+            spec["replicas"] = cur.spec["replicas"].clone();
+            spec
         }
         other => {
             let n = other["revision"]

@@ -112,12 +112,16 @@ fn a_workload_is_deployed_scaled_rolled_back_and_a_bad_revision_does_not_replace
     );
 
     // Revision 4: revision 1's spec again.
-    let out = server.cli(&["rollback", "payments", "--env", ENV, "--to", "1", "--wait"]);
+    // Like `kubectl rollout undo`: the scale changed no template, so a plain
+    // rollback goes back to revision 1's template, at the current replica count.
+    let out = server.cli(&["rollback", "payments", "--env", ENV, "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     let w = workload(&server, "payments");
     assert_eq!(w["current_revision"], 4, "{w}");
-    assert_eq!(w["revisions"][3]["spec"], w["revisions"][0]["spec"]);
-    assert_eq!(w["ready"], 2, "{w}");
+    let mut expected = w["revisions"][0]["spec"].clone();
+    expected["replicas"] = serde_json::json!(3);
+    assert_eq!(w["revisions"][3]["spec"], expected);
+    assert_eq!(w["ready"], 3, "{w}");
     let serving = ports_of(&w, 4);
 
     // A revision that never becomes ready fails its rollout and leaves revision 4 serving.
@@ -149,7 +153,7 @@ fn a_workload_is_deployed_scaled_rolled_back_and_a_bad_revision_does_not_replace
     // env status shows the workload with each replica's port.
     let status = server.cli_json(&["env", "status", ENV, "-o", "json"]);
     let replicas = status["workloads"][0]["replicas"].as_array().unwrap();
-    assert_eq!(replicas.len(), 2, "{status}");
+    assert_eq!(replicas.len(), 3, "{status}");
     assert!(replicas.iter().all(|r| r["port"].is_u64()));
 
     // Deleting stops every replica.
