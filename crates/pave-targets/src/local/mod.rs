@@ -364,13 +364,17 @@ impl LocalTarget {
         rs
     }
 
-    async fn probe(readiness: Option<Readiness>, port: Option<u16>) -> bool {
+    async fn probe(readiness: Option<Readiness>, port: Option<u16>, pid: Option<i32>) -> bool {
         let Some(readiness) = readiness else {
             return true;
         };
-        let Some(port) = port else {
+        let (Some(port), Some(pid)) = (port, pid) else {
             return false;
         };
+        // The workload runs in a process group of its own, led by its command.
+        if !sys::group_listens_on(pid, port) {
+            return false;
+        }
         tokio::time::timeout(PROBE_TIMEOUT, async move {
             let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
             let Readiness::Http { path } = readiness else {
@@ -404,7 +408,7 @@ impl LocalTarget {
             let rs = Self::replica_status(&r, &obs);
             let readiness = obs.spec.as_ref().and_then(|s| s.readiness.clone());
             let probe = (rs.state.is_running() && obs.shim_alive && rs.pid.is_some())
-                .then(|| tokio::spawn(Self::probe(readiness, rs.port)));
+                .then(|| tokio::spawn(Self::probe(readiness, rs.port, rs.pid)));
             probes.push(probe);
             replicas.push(rs);
         }

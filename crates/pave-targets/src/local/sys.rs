@@ -129,3 +129,70 @@ pub fn join_cgroup_before_exec(cmd: &mut tokio::process::Command, procs: &Path) 
         });
     }
 }
+
+/// Whether a process of group `pgid` (the replica's command and its children)
+/// listens on TCP `port`: the answer of a readiness probe only counts when it
+/// comes from the replica itself, not from another program that took the port
+/// while the replica was down.
+pub fn group_listens_on(pgid: i32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let in_group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_string))
+            })
+            .flatten()
+            .and_then(|g| g.parse::<i32>().ok())
+            == Some(pgid);
+        if !in_group {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let t = target.to_string_lossy();
+                if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    if inodes.iter().any(|i| i == inode) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Socket inodes listening on `port` (IPv4 or IPv6).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let hex_port = format!("{port:04X}");
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address is "ADDR:PORT"; state 0A is LISTEN; the inode is column 9.
+            if cols.len() > 9
+                && cols[3] == "0A"
+                && cols[1].rsplit_once(':').map(|(_, p)| p) == Some(hex_port.as_str())
+            {
+                out.push(cols[9].to_string());
+            }
+        }
+    }
+    out
+}
