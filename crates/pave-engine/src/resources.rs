@@ -264,35 +264,13 @@ pub(crate) async fn sweep(engine: &Engine) {
         .into_iter()
         .filter(|r| r.lifecycle == ResourceLifecycle::Ready)
     {
-        let Ok(Some(env)) = engine.store().get_environment(&r.env).await else {
-            continue;
-        };
-        let Some(hub) = engine.inner.agents.get(&env.target).cloned() else {
-            continue;
-        };
         let Ok((password, _)) = password(engine, &r.env, &r.name, false).await else {
             continue;
         };
-        let cmd = pave_agent::protocol::Command {
-            id: format!("check.{}.{}.{}", r.env, r.name, pave_core::ids::new_id()),
-            action_id: String::new(),
-            step: 0,
-            payload: CommandPayload::CheckResource {
-                request: request(&r.env, &r.name, &r.kind, &r.spec, password),
-            },
+        let check = CommandPayload::CheckResource {
+            request: request(&r.env, &r.name, &r.kind, &r.spec, password),
         };
-        let id = cmd.id.clone();
-        let Ok(mut rx) = hub.dispatch(cmd).await else {
-            continue;
-        };
-        let outcome = loop {
-            match rx.recv().await {
-                Some(pave_agent::protocol::FromAgent::Result { outcome, .. }) => break Some(outcome),
-                Some(_) => continue,
-                None => break None,
-            }
-        };
-        hub.ack(&id).await;
+        let outcome = engine.query_agent(&r.env, check).await.ok();
         let health = match outcome {
             Some(Outcome::Succeeded { .. }) => "healthy".to_string(),
             Some(Outcome::Failed { message, .. }) => message,

@@ -14,7 +14,7 @@
 mod cgroup;
 pub mod shim;
 mod state;
-mod sys;
+pub mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

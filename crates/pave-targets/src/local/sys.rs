@@ -139,40 +139,19 @@ pub fn group_listens_on(pgid: i32, port: u16) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let in_group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_string))
-            })
-            .flatten()
-            .and_then(|g| g.parse::<i32>().ok())
-            == Some(pgid);
-        if !in_group {
-            continue;
-        }
+    group_members(pgid).into_iter().any(|pid| {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
+            return false;
         };
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
                 let t = target.to_string_lossy();
-                if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                    if inodes.iter().any(|i| i == inode) {
-                        return true;
-                    }
-                }
-            }
-        }
-    }
-    false
+                t.strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+            })
+        })
+    })
 }
 
 /// Socket inodes listening on `port` (IPv4 or IPv6).
