@@ -9,6 +9,7 @@ use axum::Extension;
 use pave_core::names::{validate_labels, validate_name};
 use pave_core::time::now_ms;
 use pave_core::AuditDraft;
+use pave_engine::Submission;
 use pave_store::{Environment, WriteOp};
 use serde::Deserialize;
 use serde_json::json;
@@ -17,9 +18,6 @@ use utoipa::ToSchema;
 use crate::auth::Actor;
 use crate::error::{ApiError, Json, Path};
 use crate::AppState;
-
-/// The built-in environment of the local target; it cannot be deleted.
-const BUILTIN: &str = "local";
 
 /// Body of `POST /api/v1/environments`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -179,71 +177,140 @@ pub(crate) async fn update(
     Ok(Json(env.into()))
 }
 
-/// Deletes an environment that has no unfinished actions.
+/// Deletes an environment as an action (`env.delete`): its workloads, then its
+/// resources (servers stopped, data removed), then the environment.
 #[utoipa::path(delete, path = "/api/v1/environments/{name}", params(("name" = String, Path)),
-    responses((status = 204), (status = 401), (status = 404), (status = 409)), security(("bearer" = [])))]
+    responses((status = 202, body = pave_core::Action), (status = 401), (status = 404), (status = 409)),
+    security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    if name == BUILTIN {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "the built-in `local` environment cannot be deleted",
-        ));
-    }
+) -> Result<(StatusCode, Json<pave_core::Action>), ApiError> {
     load(&state, &name).await?;
-    let resources = state.engine.store().list_resources(Some(&name)).await?;
-    if !resources.is_empty() {
-        let names: Vec<&str> = resources.iter().map(|r| r.name.as_str()).collect();
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "environment `{name}` still has resources ({}); delete them first",
-                names.join(", ")
-            ),
-        ));
-    }
-    let workloads = state.engine.store().list_workloads(&name).await?;
-    if !workloads.is_empty() {
-        let names: Vec<&str> = workloads.iter().map(|w| w.name.as_str()).collect();
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "environment `{name}` still has workloads ({}); delete them first (pave workloads delete NAME --env {name})",
-                names.join(", ")
-            ),
-        ));
-    }
-    let busy = state.engine.store().count_unfinished_actions(&name).await?;
-    if busy > 0 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "environment `{name}` has {busy} unfinished action(s); wait for them or cancel them first"
-            ),
-        ));
-    }
+    let (action, _) = state
+        .engine
+        .submit(Submission {
+            kind: "env.delete".into(),
+            env: name,
+            input: json!({}),
+            actor: actor.name().to_string(),
+            idempotency_key: None,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(action)))
+}
+
+/// Body of `POST /api/v1/environments/{name}/clone`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneEnvironment {
+    /// Name of the new environment.
+    pub name: String,
+    /// Labels to set on the new one, over the source's.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Creates an environment like this one: new resources of the same specs
+/// (fresh credentials, none of the data) and the same revisions, as one
+/// `env.clone` action running in the new environment.
+#[utoipa::path(post, path = "/api/v1/environments/{name}/clone", params(("name" = String, Path)),
+    request_body = CloneEnvironment,
+    responses((status = 202, body = pave_core::Action), (status = 401), (status = 404), (status = 409),
+        (status = 422)), security(("bearer" = [])))]
+pub(crate) async fn clone(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(source): Path<String>,
+    Json(body): Json<CloneEnvironment>,
+) -> Result<(StatusCode, Json<pave_core::Action>), ApiError> {
+    let src = load(&state, &source).await?;
+    validate_name("environment", &body.name).map_err(invalid)?;
+    let mut labels = src.labels.clone();
+    labels.extend(body.labels);
+    validate_labels(&labels).map_err(invalid)?;
+    let env = Environment {
+        name: body.name.clone(),
+        target: src.target.clone(),
+        labels,
+        created_at: now_ms(),
+    };
+    let summary = format!("environment {} created as a clone of {source}", env.name);
+    let details = json!({ "target": env.target, "labels": env.labels, "source": source });
     state
         .engine
         .writer()
         .write(vec![
-            WriteOp::DeleteEnvironment(name.clone()),
-            audit(
-                &actor,
-                "environment.delete",
-                &name,
-                format!("environment {name} deleted"),
-                json!({}),
-            ),
+            WriteOp::InsertEnvironment(env.clone()),
+            audit(&actor, "environment.create", &env.name, summary, details),
         ])
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    let submitted = state
+        .engine
+        .submit(Submission {
+            kind: "env.clone".into(),
+            env: env.name.clone(),
+            input: json!({ "source": source }),
+            actor: actor.name().to_string(),
+            idempotency_key: None,
+        })
+        .await;
+    match submitted {
+        Ok((action, _)) => Ok((StatusCode::ACCEPTED, Json(action))),
+        Err(e) => {
+            // Nothing was cloned: the new environment goes again, so that the
+            // request changed nothing.
+            state
+                .engine
+                .writer()
+                .write(vec![
+                    WriteOp::DeleteEnvironment(env.name.clone()),
+                    audit(
+                        &actor,
+                        "environment.delete",
+                        &env.name,
+                        format!("environment {} removed: its clone was refused", env.name),
+                        json!({ "error": e.to_string() }),
+                    ),
+                ])
+                .await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// An environment with every resource and workload and their live state.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct EnvironmentStatus {
+    /// The environment.
+    pub environment: EnvironmentDto,
+    /// Its resources.
+    #[schema(value_type = Vec<Object>)]
+    pub resources: Vec<pave_core::resource::Resource>,
+    /// Its workloads with live status (each replica with its `port`).
+    pub workloads: Vec<WorkloadDto>,
+}
+
+/// The live state of everything in an environment.
+#[utoipa::path(get, path = "/api/v1/environments/{name}/status", params(("name" = String, Path)),
+    responses((status = 200, body = EnvironmentStatus), (status = 401), (status = 404)),
+    security(("bearer" = [])))]
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<EnvironmentStatus>, ApiError> {
+    let env = load(&state, &name).await?;
+    let resources = state.engine.store().list_resources(Some(&name)).await?;
+    let mut workloads = Vec::new();
+    for w in state.engine.store().list_workloads(&name).await? {
+        workloads.push(workload_dto(&state, w).await);
+    }
+    Ok(Json(EnvironmentStatus {
+        environment: env.into(),
+        resources,
+        workloads,
+    }))
 }
 
 /// The resources of an environment, with lifecycle, health and outputs (never credentials).

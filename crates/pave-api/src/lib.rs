@@ -5,6 +5,7 @@
 mod actions;
 mod audit;
 mod auth;
+mod blueprints;
 mod dto;
 mod environments;
 mod error;
@@ -57,6 +58,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(environments::update)
                 .delete(environments::delete),
         )
+        .route("/environments/{name}/clone", post(environments::clone))
+        .route("/environments/{name}/status", get(environments::status))
+        .route("/blueprints", post(blueprints::create).get(blueprints::list))
+        .route("/blueprints/{name}", get(blueprints::get))
         .route("/environments/{name}/resources", get(environments::resources))
         .route(
             "/environments/{name}/resources/{resource}",

@@ -26,12 +26,15 @@ impl Modify for BearerAuth {
         crate::events::stream, crate::audit::list,
         crate::environments::create, crate::environments::list, crate::environments::get,
         crate::environments::update, crate::environments::delete,
+        crate::environments::clone, crate::environments::status,
+        crate::blueprints::list, crate::blueprints::get, crate::blueprints::create,
         crate::environments::resources, crate::environments::resource,
         crate::environments::workloads, crate::environments::workload, crate::environments::workload_logs,
         crate::audit::verify, crate::auth::whoami,
     ),
     components(schemas(crate::environments::EnvironmentDto, crate::environments::CreateEnvironment,
-        crate::environments::UpdateEnvironment, crate::environments::WorkloadDto, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+        crate::environments::UpdateEnvironment, crate::environments::WorkloadDto,
+        crate::environments::CloneEnvironment, crate::environments::EnvironmentStatus, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

@@ -454,16 +454,23 @@ async fn environments_are_created_labelled_used_and_deleted() {
         .await;
     assert_eq!(s, 409, "an environment with a running action was deleted: {b}");
     api.wait_state(a["id"].as_str().unwrap(), &["succeeded"]).await;
-    let (s, _) = api
+    let (s, d) = api
         .call(
             reqwest::Method::DELETE,
             "/api/v1/environments/payments-staging",
             None,
         )
         .await;
-    assert_eq!(s, 204);
+    assert_eq!(s, 202, "{d}");
+    assert_eq!(d["kind"], "env.delete");
+    api.wait_state(d["id"].as_str().unwrap(), &["succeeded"]).await;
     let (s, _) = api.get("/api/v1/environments/payments-staging").await;
     assert_eq!(s, 404);
+    // Its record stays readable after the environment went.
+    let (s, d) = api
+        .get(&format!("/api/v1/actions/{}", d["id"].as_str().unwrap()))
+        .await;
+    assert_eq!((s.as_u16(), d["state"].as_str()), (200, Some("succeeded")));
     let (s, _) = api
         .call(reqwest::Method::DELETE, "/api/v1/environments/local", None)
         .await;
@@ -487,10 +494,11 @@ async fn an_action_of_a_deleted_environment_cannot_run_again() {
         .await;
     let id = a["id"].as_str().unwrap();
     api.wait_state(id, &["failed"]).await;
-    let (s, _) = api
+    let (s, d) = api
         .call(reqwest::Method::DELETE, "/api/v1/environments/gone-soon", None)
         .await;
-    assert_eq!(s, 204);
+    assert_eq!(s, 202);
+    api.wait_state(d["id"].as_str().unwrap(), &["succeeded"]).await;
     let (s, b) = api.post(&format!("/api/v1/actions/{id}/retry"), json!({})).await;
     assert_eq!(s, 409, "{b}");
     assert!(b["error"]["message"].as_str().unwrap().contains("deleted"), "{b}");

@@ -244,6 +244,10 @@ impl Store for TimedStore {
         self.read(self.inner.list_environments()).await
     }
 
+    async fn list_blueprints(&self) -> Result<Vec<pave_store::BlueprintRecord>> {
+        self.read(self.inner.list_blueprints()).await
+    }
+
     async fn count_unfinished_actions(&self, env: &str) -> Result<i64> {
         self.read(self.inner.count_unfinished_actions(env)).await
     }

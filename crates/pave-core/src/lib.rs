@@ -4,6 +4,7 @@
 
 pub mod action;
 pub mod audit;
+pub mod blueprint;
 pub mod error;
 pub mod ids;
 pub mod job;

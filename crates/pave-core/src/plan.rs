@@ -19,7 +19,17 @@ pub const KINDS: &[&str] = &[
     "rollback",
     "exec",
     "workload.delete",
+    "blueprint.apply",
+    "env.clone",
+    "env.delete",
 ];
+
+/// Kinds the engine expands from its own state (the blueprint catalog, the
+/// environment's contents) before planning: `plan` cannot plan them alone.
+pub const EXPANDED_KINDS: &[&str] = &["blueprint.apply", "env.clone", "env.delete"];
+
+/// Separates the objects of an action that locks several.
+pub const OBJECT_SEPARATOR: char = ',';
 
 /// Default of a rollout's `ready_timeout_secs`.
 pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 60;
@@ -202,6 +212,165 @@ fn rollout(
     })
 }
 
+/// Joins the plans of the pieces of one action: steps renumbered in order,
+/// named after their piece, every piece's object locked.
+fn combine(mut objects: Vec<String>, parts: Vec<(String, Plan)>, input: Value) -> Plan {
+    let mut steps = Vec::new();
+    for (label, part) in parts {
+        objects.push(part.object);
+        for mut s in part.steps {
+            s.idx = steps.len() as i64;
+            if !label.is_empty() {
+                s.name = format!("{label}: {}", s.name);
+            }
+            steps.push(s);
+        }
+    }
+    objects.dedup();
+    Plan {
+        object: objects.join(&OBJECT_SEPARATOR.to_string()),
+        input,
+        steps,
+    }
+}
+
+/// Plans `blueprint.apply`: a provision step per resource, then a rollout per
+/// workload. `existing` names the resources already in the environment that
+/// have the same kind and spec; they are kept, not provisioned again.
+pub fn plan_blueprint(
+    env: &str,
+    bp: &crate::blueprint::Blueprint,
+    rendered: &crate::blueprint::Rendered,
+    existing: &[String],
+) -> Result<Plan, CoreError> {
+    let ctx = format!("blueprint `{}` v{}", bp.name, bp.version);
+    let mut parts = Vec::new();
+    for r in &rendered.resources {
+        let name = r["name"].as_str().unwrap_or_default();
+        if existing.iter().any(|e| e == name) {
+            continue;
+        }
+        let p = plan("provision", "", env, r.clone()).map_err(|e| within(&ctx, e))?;
+        parts.push((String::new(), p));
+    }
+    for w in &rendered.workloads {
+        let name = w["name"].as_str().unwrap_or_default().to_string();
+        let p = plan("deploy", "", env, w.clone()).map_err(|e| within(&ctx, e))?;
+        if p.steps[0].spec["base"] != Value::Null {
+            return Err(invalid(format!("{ctx}: workload `{name}` needs a `command`")));
+        }
+        parts.push((name, p));
+    }
+    if parts.is_empty() {
+        return Err(invalid(format!(
+            "{ctx}: everything it declares already exists in `{env}`"
+        )));
+    }
+    let input = json!({
+        "blueprint": bp.name,
+        "version": bp.version,
+        "params": rendered.params,
+    });
+    Ok(combine(vec![], parts, input))
+}
+
+fn within(ctx: &str, e: CoreError) -> CoreError {
+    match e {
+        CoreError::InvalidInput(m) => invalid(format!("{ctx}: {m}")),
+        other => other,
+    }
+}
+
+/// What `env.clone` copies: a resource of the source.
+#[derive(Debug, Clone)]
+pub struct CloneResource {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// Its validated spec.
+    pub spec: Value,
+}
+
+/// What `env.clone` copies: a workload's current revision in the source.
+#[derive(Debug, Clone)]
+pub struct CloneWorkload {
+    /// Name.
+    pub name: String,
+    /// The source's revision number.
+    pub revision: i64,
+    /// Its stored spec.
+    pub spec: Value,
+}
+
+/// Plans `env.clone` into `env`: new resources of the same specs (new
+/// credentials: provisioning makes them), then the source's current revisions.
+pub fn plan_clone(
+    env: &str,
+    source: &str,
+    resources: &[CloneResource],
+    workloads: &[CloneWorkload],
+) -> Result<Plan, CoreError> {
+    let mut parts = Vec::new();
+    for r in resources {
+        let p = plan(
+            "provision",
+            "",
+            env,
+            json!({ "name": r.name, "kind": r.kind, "spec": r.spec }),
+        )?;
+        parts.push((String::new(), p));
+    }
+    let mut revisions = serde_json::Map::new();
+    for w in workloads {
+        crate::names::validate_name("workload", &w.name)?;
+        let base = json!({ "spec": w.spec });
+        let p = rollout(env, &w.name, base, json!({}), None, Value::Null)?;
+        parts.push((w.name.clone(), p));
+        revisions.insert(w.name.clone(), json!(w.revision));
+    }
+    if parts.is_empty() {
+        return Err(invalid(format!(
+            "environment `{source}` has no resources and no workloads to clone"
+        )));
+    }
+    let input = json!({ "source": source, "revisions": revisions });
+    Ok(combine(vec![format!("environment/{env}")], parts, input))
+}
+
+/// Plans `env.delete`: the workloads, then the resources (newest first), then
+/// the environment itself. Nothing of it can be undone.
+pub fn plan_env_delete(env: &str, workloads: &[String], resources: &[String]) -> Result<Plan, CoreError> {
+    let mut parts = Vec::new();
+    for w in workloads {
+        parts.push((
+            String::new(),
+            plan("workload.delete", "", env, json!({ "name": w }))?,
+        ));
+    }
+    for r in resources {
+        parts.push((
+            String::new(),
+            plan("resource.delete", "", env, json!({ "name": r }))?,
+        ));
+    }
+    let last = Plan {
+        object: format!("environment/{env}"),
+        input: Value::Null,
+        steps: vec![step(
+            0,
+            &format!("delete environment {env}"),
+            "delete_environment",
+            true,
+            json!({ "env": env }),
+            Value::Null,
+        )],
+    };
+    parts.push((String::new(), last));
+    let input = json!({ "workloads": workloads, "resources": resources });
+    Ok(combine(vec![], parts, input))
+}
+
 fn parse<T: serde::de::DeserializeOwned>(input: Value) -> Result<T, CoreError> {
     serde_json::from_value(input).map_err(|e| CoreError::InvalidInput(e.to_string()))
 }
@@ -375,6 +544,9 @@ pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan
                 input: json!({}),
             })
         }
+        k if EXPANDED_KINDS.contains(&k) => Err(invalid(format!(
+            "`{k}` actions are planned by the engine from its own state"
+        ))),
         other => Err(CoreError::UnknownKind(other.to_string())),
     }
 }
@@ -454,6 +626,45 @@ mod tests {
         assert_eq!(s.steps[0].spec["base"], "current");
         let r = plan("rollback", "a", "s", json!({"name": "web"})).unwrap();
         assert_eq!(r.steps[0].spec["base"], "previous");
+    }
+
+    #[test]
+    fn a_blueprint_is_one_action_locking_every_piece() {
+        let bp = crate::blueprint::Blueprint::from_yaml(
+            "name: s\nversion: 1\nparameters: {type: object, properties: {svc: {type: string}}}\n\
+             resources: [{name: '${params.svc}-db', kind: postgres}, {name: cache, kind: redis}]\n\
+             workloads: [{name: '${params.svc}', command: [demo], replicas: 2}]\n",
+        )
+        .unwrap();
+        let r = bp.render(&json!({"svc": "pay"})).unwrap();
+        let p = plan_blueprint("st", &bp, &r, &[]).unwrap();
+        assert_eq!(p.object, "resource/st/pay-db,resource/st/cache,workload/st/pay");
+        let names: Vec<_> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "provision postgres pay-db",
+                "provision redis cache",
+                "pay: apply revision",
+                "pay: wait until ready",
+                "pay: retire previous revision"
+            ]
+        );
+        assert!(p.steps.iter().enumerate().all(|(i, s)| s.idx == i as i64));
+        let kept = plan_blueprint("st", &bp, &r, &["cache".into()]).unwrap();
+        assert_eq!(kept.steps.len(), 4);
+        let d = plan_env_delete("st", &["pay".into()], &["cache".into(), "pay-db".into()]).unwrap();
+        let kinds: Vec<_> = d.steps.iter().map(|s| s.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "delete_workload",
+                "delete_resource",
+                "delete_resource",
+                "delete_environment"
+            ]
+        );
+        assert!(plan("env.delete", "a", "st", json!({})).is_err());
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub master_key: Option<pave_core::vault::MasterKey>,
     /// How often ready resources are checked for health (drift).
     pub health_every: Duration,
+    /// Blueprints built in and read from files; the API adds to them in the store.
+    pub blueprints: Vec<pave_core::blueprint::BlueprintEntry>,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +46,7 @@ impl Default for EngineConfig {
             poll: Duration::from_millis(250),
             master_key: None,
             health_every: Duration::from_secs(10),
+            blueprints: Vec::new(),
         }
     }
 }
@@ -150,8 +153,13 @@ impl Engine {
             .get_environment(&sub.env)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("environment `{}`", sub.env)))?;
+        self.check_not_deleting(&env.name).await?;
         let id = ids::new_id();
-        let planned = plan::plan(&sub.kind, &id, &env.name, sub.input)?;
+        let planned = if plan::EXPANDED_KINDS.contains(&sub.kind.as_str()) {
+            self.plan_expanded(&sub.kind, &env, sub.input).await?
+        } else {
+            plan::plan(&sub.kind, &id, &env.name, sub.input)?
+        };
         let decision = self.inner.policy.evaluate(&PolicyInput {
             actor: &sub.actor,
             kind: &sub.kind,

@@ -6,6 +6,7 @@
 mod agents;
 mod engine;
 mod error;
+mod expand;
 mod policy;
 mod resources;
 mod runner;
@@ -14,4 +15,5 @@ mod workloads;
 pub use agents::AgentHub;
 pub use engine::{Engine, EngineConfig, Submission};
 pub use error::EngineError;
+pub use expand::BUILTIN_ENVIRONMENT;
 pub use policy::{AllowAll, Decision, Policy, PolicyInput};

@@ -287,6 +287,9 @@ impl Run {
         if let Some(r) = workloads::prepare(&self.engine, self.id(), kind, spec).await {
             return r;
         }
+        if let Some(r) = crate::expand::prepare(&self.engine, kind, spec).await {
+            return r;
+        }
         payload_for(kind, spec)
             .map(|payload| Prepared {
                 payload,
@@ -434,6 +437,7 @@ impl Run {
         };
         let mut ops = resources::after(&self.engine, kind, spec, &outcome_copy).await;
         ops.extend(workloads::after(&self.engine, self.id(), kind, spec, &outcome_copy).await);
+        ops.extend(crate::expand::after(kind, spec, &outcome_copy));
         ops.push(WriteOp::UpdateStep {
             action_id: self.id().to_string(),
             idx: step.idx,

@@ -44,6 +44,17 @@ async fn revision_of_action(
     Ok(revisions.into_iter().rev().find(|r| r.created_by == action_id))
 }
 
+/// Whether every revision of the workload was made by `action_id` (it created
+/// the workload).
+async fn created_whole(engine: &Engine, key: &WorkloadKey, action_id: &str) -> Result<bool, PrepareError> {
+    let revisions = engine
+        .store()
+        .list_revisions(&key.env, &key.name)
+        .await
+        .map_err(store_err)?;
+    Ok(!revisions.is_empty() && revisions.iter().all(|r| r.created_by == action_id))
+}
+
 /// The newest revision below `below` whose rollout succeeded (so it served).
 async fn previous_serving(
     engine: &Engine,
@@ -150,6 +161,8 @@ async fn new_spec(
             spec["replicas"] = cur.spec["replicas"].clone();
             spec
         }
+        // A literal spec: an environment clone copies another environment's revision.
+        other if other["spec"].is_object() => other["spec"].clone(),
         other => {
             let n = other["revision"]
                 .as_i64()
@@ -404,6 +417,13 @@ async fn prepare_restore(engine: &Engine, action_id: &str, spec: &Value) -> Resu
             before: vec![],
         });
     };
+    if created_whole(engine, &key, action_id).await? {
+        // Undoing the action that created the workload removes it, like a delete.
+        return Ok(Prepared {
+            payload: CommandPayload::PruneWorkload { key, keep: None },
+            before: vec![],
+        });
+    }
     let spec = match previous_serving(engine, &key, mine.revision).await? {
         Some(prev) => Some(Box::new(resolved(engine, &key, &prev).await?)),
         None => None,
@@ -463,6 +483,12 @@ pub(crate) async fn after(
             let Ok(Some(mine)) = revision_of_action(engine, &key, action_id).await else {
                 return vec![];
             };
+            if created_whole(engine, &key, action_id).await.unwrap_or(false) {
+                return vec![WriteOp::DeleteWorkload {
+                    env: key.env,
+                    name: key.name,
+                }];
+            }
             let prev = previous_serving(engine, &key, mine.revision).await.ok().flatten();
             vec![WriteOp::SetCurrentRevision {
                 env: key.env,

@@ -129,12 +129,20 @@ impl LocalProviders {
             _ => {}
         }
         match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ProviderError::Io(format!(
-                "could not remove {}: {e}",
-                dir.display()
-            ))),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ProviderError::Io(format!(
+                    "could not remove {}: {e}",
+                    dir.display()
+                )))
+            }
         }
+        // The environment's directory goes with its last resource (it fails,
+        // harmlessly, while others remain).
+        if let Some(parent) = dir.parent() {
+            let _ = tokio::fs::remove_dir(parent).await;
+        }
+        Ok(())
     }
 }

@@ -89,6 +89,9 @@ pub trait Store: Send + Sync + 'static {
     /// Workloads of an environment, by name.
     async fn list_workloads(&self, env: &str) -> Result<Vec<WorkloadRecord>>;
 
+    /// Blueprints registered through the API, by name and version.
+    async fn list_blueprints(&self) -> Result<Vec<BlueprintRecord>>;
+
     /// One revision of a workload.
     async fn get_revision(&self, env: &str, name: &str, revision: i64) -> Result<Option<RevisionRecord>>;
 

@@ -104,6 +104,23 @@ pub enum WriteOp {
         /// Workload name.
         name: String,
     },
+    /// Stores a blueprint version; one that exists already is a conflict.
+    InsertBlueprint(BlueprintRecord),
+}
+
+/// A blueprint version registered through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlueprintRecord {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: i64,
+    /// The blueprint as JSON.
+    pub document: String,
+    /// Who registered it.
+    pub created_by: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
 }
 
 /// A workload record.

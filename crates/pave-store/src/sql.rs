@@ -227,7 +227,8 @@ fn needs_savepoint(request: &[WriteOp]) -> bool {
         WriteOp::InsertToken(_)
         | WriteOp::InsertEnvironment(_)
         | WriteOp::SetEnvironmentLabels { .. }
-        | WriteOp::DeleteEnvironment(_) => true,
+        | WriteOp::DeleteEnvironment(_)
+        | WriteOp::InsertBlueprint(_) => true,
         _ => false,
     })
 }
@@ -645,6 +646,26 @@ macro_rules! sql_store {
                             .await?;
                         Ok(OpResult::Done)
                     }
+                    WriteOp::InsertBlueprint(b) => {
+                        sqlx::query(
+                            "INSERT INTO blueprints (name, version, document, created_by, created_at) \
+                             VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(&b.name)
+                        .bind(b.version)
+                        .bind(&b.document)
+                        .bind(&b.created_by)
+                        .bind(b.created_at)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| match StoreError::from(e) {
+                            StoreError::Conflict(_) => {
+                                StoreError::Conflict(format!("blueprint `{}` version {}", b.name, b.version))
+                            }
+                            other => other,
+                        })?;
+                        Ok(OpResult::Done)
+                    }
                     WriteOp::InsertToken(t) => {
                         sqlx::query(
                             "INSERT INTO tokens (id, name, subject, hash, created_at, expires_at, revoked_at) \
@@ -943,27 +964,40 @@ macro_rules! sql_store {
                     candidates.extend(queued);
                 }
                 let mut claimed: Vec<(String, String)> = Vec::new();
-                for (id, state, object) in candidates {
-                    // The object lock: taken unless another action holds it.
-                    let taken = sqlx::query(
-                        "INSERT INTO object_locks (object, action_id) VALUES ($1, $2) \
-                         ON CONFLICT (object) DO NOTHING",
-                    )
-                    .bind(&object)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if !taken {
+                'candidates: for (id, state, objects) in candidates {
+                    // The object locks: each taken unless another action holds it.
+                    // An action that locks several takes all of them or none.
+                    let mut inserted = Vec::new();
+                    for object in objects.split(pave_core::plan::OBJECT_SEPARATOR) {
+                        let taken = sqlx::query(
+                            "INSERT INTO object_locks (object, action_id) VALUES ($1, $2) \
+                             ON CONFLICT (object) DO NOTHING",
+                        )
+                        .bind(object)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            == 1;
+                        if taken {
+                            inserted.push(object);
+                            continue;
+                        }
                         // An active action resumed after a crash still holds its own lock.
                         let holder: Option<(String,)> =
                             sqlx::query_as("SELECT action_id FROM object_locks WHERE object = $1")
-                                .bind(&object)
+                                .bind(object)
                                 .fetch_optional(&mut *tx)
                                 .await?;
                         if state == "queued" || holder.map(|(h,)| h) != Some(id.clone()) {
-                            continue;
+                            for o in inserted {
+                                sqlx::query("DELETE FROM object_locks WHERE object = $1 AND action_id = $2")
+                                    .bind(o)
+                                    .bind(&id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            continue 'candidates;
                         }
                     }
                     claimed.push((id, state));
@@ -1145,6 +1179,25 @@ macro_rules! sql_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn list_blueprints(&self) -> Result<Vec<BlueprintRecord>> {
+                let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
+                    "SELECT name, version, document, created_by, created_at FROM blueprints \
+                     ORDER BY name, version",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(name, version, document, created_by, created_at)| BlueprintRecord {
+                        name,
+                        version,
+                        document,
+                        created_by,
+                        created_at,
+                    })
+                    .collect())
             }
 
             async fn count_unfinished_actions(&self, env: &str) -> Result<i64> {

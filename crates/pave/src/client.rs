@@ -161,10 +161,10 @@ impl Client {
         resp.json().await.context("the server's answer could not be read")
     }
 
-    /// DELETE.
-    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.send(self.http.delete(self.url(path))).await?;
-        Ok(())
+    /// DELETE, decoding what the server answers (the action that deletes).
+    pub async fn delete_returning<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self.send(self.http.delete(self.url(path))).await?;
+        resp.json().await.context("the server's answer could not be read")
     }
 
     /// A streaming GET (for SSE).

@@ -1,5 +1,6 @@
 //! `pave`: the control plane (`pave serve`) and the command-line client, in one binary.
 
+mod blueprints;
 mod cli;
 mod client;
 mod config;
@@ -35,6 +36,10 @@ fn main() {
     };
     if let cli::Command::Shim { spec } = &args.command {
         std::process::exit(pave_targets::local::shim::run(spec));
+    }
+    if let cli::Command::Demo = &args.command {
+        // The demo service owns its runtime and its signals, like its own binary.
+        std::process::exit(i32::from(pave_demo::run()));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

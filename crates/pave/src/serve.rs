@@ -89,8 +89,10 @@ pub async fn start(
     database_url: Option<&str>,
     workers: usize,
     health_every: Duration,
+    blueprints_dir: Option<&Path>,
 ) -> anyhow::Result<ControlPlane> {
     set_private_umask();
+    let blueprints = crate::blueprints::load(blueprints_dir)?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("could not create data directory {}", data_dir.display()))?;
     // Absolute from here on: resource servers and workload shims run in
@@ -145,6 +147,7 @@ pub async fn start(
             workers,
             master_key: Some(master_key),
             health_every,
+            blueprints,
             ..EngineConfig::default()
         },
     );
@@ -233,6 +236,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         args.workers,
         args.health_every,
+        args.blueprints.as_deref(),
     )
     .await?;
     ensure_admin_token(&cp).await?;

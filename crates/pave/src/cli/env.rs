@@ -20,10 +20,38 @@ pub enum EnvCmd {
     Get(NameArgs),
     /// Set or remove labels (`--label k=v`, `--remove-label k`).
     Update(UpdateArgs),
-    /// Delete an environment that has no unfinished actions.
-    Delete(NameArgs),
-    /// Show an environment with the live state of its resources.
+    /// Delete an environment with its workloads and resources (stopped, data removed).
+    Delete(DeleteArgs),
+    /// Show an environment with the live state of its resources and workloads.
     Status(NameArgs),
+    /// Create a new environment with the same resources (fresh credentials, no
+    /// data) and the same workload revisions.
+    Clone(CloneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub wait: super::WaitArgs,
+    /// Environment name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub wait: super::WaitArgs,
+    /// The environment to copy.
+    pub source: String,
+    /// Name of the new environment.
+    pub name: String,
+    /// A label for the new environment, over the source's (repeatable).
+    #[arg(long = "label", value_name = "K=V", value_parser = super::run::parse_kv)]
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]
@@ -152,15 +180,14 @@ pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
         }
         EnvCmd::Status(a) => {
             let client = Client::from_args(&a.client)?;
-            let e: Env = client.get(&format!("/api/v1/environments/{}", a.name)).await?;
-            let resources: Vec<pave_core::resource::Resource> = client
-                .get(&format!("/api/v1/environments/{}/resources", a.name))
+            let status: Value = client
+                .get(&format!("/api/v1/environments/{}/status", a.name))
                 .await?;
-            let workloads: Vec<serde_json::Value> = client
-                .get(&format!("/api/v1/environments/{}/workloads", a.name))
-                .await?;
-            let status = json!({ "environment": e, "resources": resources, "workloads": workloads });
             if !output::structured(a.client.output, &status)? {
+                let e: Env = serde_json::from_value(status["environment"].clone())?;
+                let resources: Vec<pave_core::resource::Resource> =
+                    serde_json::from_value(status["resources"].clone())?;
+                let workloads = status["workloads"].as_array().cloned().unwrap_or_default();
                 println!(
                     "environment {} on target {} ({})",
                     e.name,
@@ -188,10 +215,22 @@ pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
         }
         EnvCmd::Delete(a) => {
             let client = Client::from_args(&a.client)?;
-            client.delete(&format!("/api/v1/environments/{}", a.name)).await?;
-            if !output::structured(a.client.output, &json!({ "deleted": a.name }))? {
-                println!("environment {} deleted", a.name);
-            }
+            let action = client
+                .delete_returning(&format!("/api/v1/environments/{}", a.name))
+                .await?;
+            return super::finish_mutation(&client, action, a.wait.wait, a.client.output).await;
+        }
+        EnvCmd::Clone(a) => {
+            let client = Client::from_args(&a.client)?;
+            let labels: BTreeMap<_, _> = a.labels.into_iter().collect();
+            let action = client
+                .post(
+                    &format!("/api/v1/environments/{}/clone", a.source),
+                    &json!({ "name": a.name, "labels": labels }),
+                    &[],
+                )
+                .await?;
+            return super::finish_mutation(&client, action, a.wait.wait, a.client.output).await;
         }
     }
     Ok(exit::OK)

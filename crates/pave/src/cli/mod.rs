@@ -2,6 +2,7 @@
 
 mod actions;
 mod audit;
+mod blueprints;
 mod env;
 mod login;
 mod resources;
@@ -77,9 +78,12 @@ pub enum Command {
     /// Inspect and steer actions.
     #[command(subcommand)]
     Actions(actions::ActionsCmd),
-    /// Create, list, update and delete environments.
+    /// Create, list, update, clone and delete environments.
     #[command(subcommand)]
     Env(env::EnvCmd),
+    /// List, show and apply blueprints (golden paths with typed parameters).
+    #[command(subcommand)]
+    Blueprint(blueprints::BlueprintCmd),
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -87,6 +91,8 @@ pub enum Command {
     Login(login::LoginArgs),
     /// Print the version of this binary and of its agent protocol.
     Version(login::VersionArgs),
+    /// Run pave's demo HTTP service (reads PORT, DATABASE_URL, REDIS_URL; serves /healthz).
+    Demo,
     /// Supervise one replica of a local workload (started by the local target, not by people).
     #[command(hide = true)]
     Shim {
@@ -116,6 +122,9 @@ pub struct ServeArgs {
     /// How often ready resources are checked for health.
     #[arg(long, env = "PAVE_HEALTH_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
     pub health_every: Duration,
+    /// A directory of blueprint files (`*.yaml`, `*.yml`, `*.json`) to offer besides the built-in ones.
+    #[arg(long, env = "PAVE_BLUEPRINTS")]
+    pub blueprints: Option<PathBuf>,
     /// On SIGTERM, how long running steps may take to finish.
     #[arg(long, env = "PAVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -131,6 +140,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Actions(cmd) => actions::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Env(cmd) => env::run(cmd).await,
+        Command::Blueprint(cmd) => blueprints::run(cmd).await,
         Command::Provision(args) => resources::provision(args).await,
         Command::Resources(cmd) => resources::run(cmd).await,
         Command::Deploy(args) => workloads::deploy(args).await,
@@ -143,7 +153,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Version(args) => login::version(args).await,
         // Handled in main, before any async runtime exists: the shim forks and
         // owns its signals.
-        Command::Shim { .. } => Ok(exit::USAGE),
+        Command::Shim { .. } | Command::Demo => Ok(exit::USAGE),
     };
     match result {
         Ok(code) => code,
