@@ -1,7 +1,9 @@
 //! `pave-bench`: in one run, how many no-op actions per second pave's engine
 //! completes on SQLite and PostgreSQL compared with each database's raw
-//! single-row commit rate, and the footprint of `pave serve` (start-to-ready
-//! time and idle memory).
+//! single-row commit rate, the footprint of `pave serve` (start-to-ready
+//! time and idle memory), and on the local target how long provisioning a
+//! PostgreSQL and deploying the demo service take through pave compared with
+//! doing the same by hand.
 //!
 //! Temporary databases, data directories and the PostgreSQL cluster live under
 //! `$TMPDIR` (default `/tmp`), so every figure is taken on the same filesystem.
@@ -10,6 +12,7 @@
 
 mod cpu;
 mod engine_bench;
+mod local_bench;
 mod report;
 mod serve_bench;
 mod timed_store;
@@ -19,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
 
 use engine_bench::{CommitFigures, EngineFigures};
@@ -31,8 +34,22 @@ const TARGET_RATIO_PCT: f64 = 25.0;
 const TARGET_READY_MS: f64 = 300.0;
 const TARGET_RSS_MB: f64 = 50.0;
 
+/// The sections of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Engine no-op actions and raw commits on SQLite.
+    Sqlite,
+    /// The same on a throwaway PostgreSQL.
+    Postgres,
+    /// `pave serve` start-to-ready and idle memory.
+    Serve,
+    /// Local target: PostgreSQL provision and demo deploy, through pave and by hand.
+    Local,
+}
+
 /// Benchmarks pave: engine throughput against the database's raw commit rate
-/// (SQLite, PostgreSQL), and `pave serve` start-to-ready time and idle memory.
+/// (SQLite, PostgreSQL), `pave serve` start-to-ready time and idle memory, and
+/// local provision-to-ready and deploy-to-ready against doing it by hand.
 #[derive(Debug, Parser)]
 #[command(name = "pave-bench", version)]
 struct Args {
@@ -57,9 +74,22 @@ struct Args {
     /// Skip the `pave serve` footprint figures.
     #[arg(long)]
     skip_serve: bool,
+    /// Skip the local target figures (PostgreSQL provision, demo deploy).
+    #[arg(long)]
+    skip_local: bool,
+    /// Run only these sections (comma-separated), e.g. `--only local`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
     /// The `pave` binary (default: `pave` next to this executable).
     #[arg(long)]
     pave_bin: Option<PathBuf>,
+    /// The `pave-demo` binary the local deploy runs (default: `pave-demo` next
+    /// to this executable).
+    #[arg(long)]
+    demo_bin: Option<PathBuf>,
+    /// How many times each local figure is taken, through pave and by hand.
+    #[arg(long, default_value_t = 5)]
+    local_runs: usize,
     /// How many times `pave serve` is started for the start-to-ready time.
     #[arg(long, default_value_t = 5)]
     serve_runs: usize,
@@ -96,12 +126,13 @@ fn main() -> ExitCode {
 async fn run(args: &Args, report: &mut Report) -> bool {
     let tmp = std::env::temp_dir();
     report.line(format!(
-        "pave-bench {}: {} no-op actions from {} submitters, {} workers; {} raw commits; temp dir {}",
+        "pave-bench {}: {} no-op actions from {} submitters, {} workers; {} raw commits; {} local runs; temp dir {}",
         env!("CARGO_PKG_VERSION"),
         thousands(args.actions as f64),
         args.concurrency,
         args.workers,
         thousands(args.commits as f64),
+        args.local_runs,
         tmp.display()
     ));
     report.set(
@@ -111,21 +142,28 @@ async fn run(args: &Args, report: &mut Report) -> bool {
             "concurrency": args.concurrency,
             "workers": args.workers,
             "commits": args.commits,
+            "local_runs": args.local_runs,
             "tmp_dir": tmp.display().to_string(),
         }),
     );
     let mut ok = true;
 
-    match sqlite_section(args, &tmp, report).await {
-        Ok(v) => report.set("sqlite", v),
-        Err(e) => {
-            report.line(format!("sqlite    FAILED: {e:#}"));
-            report.set("sqlite", json!({ "error": format!("{e:#}") }));
-            ok = false;
+    if !wanted(args, Section::Sqlite) {
+        report.set("sqlite", json!({ "skipped": "--only" }));
+    } else {
+        match sqlite_section(args, &tmp, report).await {
+            Ok(v) => report.set("sqlite", v),
+            Err(e) => {
+                report.line(format!("sqlite    FAILED: {e:#}"));
+                report.set("sqlite", json!({ "error": format!("{e:#}") }));
+                ok = false;
+            }
         }
     }
 
-    if args.skip_postgres {
+    if !wanted(args, Section::Postgres) {
+        report.set("postgres", json!({ "skipped": "--only" }));
+    } else if args.skip_postgres {
         report.line("postgres  skipped: --skip-postgres");
         report.set("postgres", json!({ "skipped": "--skip-postgres" }));
     } else {
@@ -139,7 +177,9 @@ async fn run(args: &Args, report: &mut Report) -> bool {
         }
     }
 
-    if args.skip_serve {
+    if !wanted(args, Section::Serve) {
+        report.set("serve", json!({ "skipped": "--only" }));
+    } else if args.skip_serve {
         report.line("serve     skipped: --skip-serve");
         report.set("serve", json!({ "skipped": "--skip-serve" }));
     } else {
@@ -152,7 +192,56 @@ async fn run(args: &Args, report: &mut Report) -> bool {
             }
         }
     }
+
+    if !wanted(args, Section::Local) {
+        report.set("local", json!({ "skipped": "--only" }));
+    } else if args.skip_local {
+        report.line("local     skipped: --skip-local");
+        report.set("local", json!({ "skipped": "--skip-local" }));
+    } else {
+        match local_config(args, &tmp) {
+            Ok(cfg) => {
+                let (v, local_ok) = local_bench::section(&cfg, report).await;
+                report.set("local", v);
+                ok &= local_ok;
+            }
+            Err(e) => {
+                report.line(format!("local     FAILED: {e:#}"));
+                report.set("local", json!({ "error": format!("{e:#}") }));
+                ok = false;
+            }
+        }
+    }
     ok
+}
+
+/// Whether `--only` leaves `section` in (no `--only`: every section).
+fn wanted(args: &Args, section: Section) -> bool {
+    args.only.is_empty() || args.only.contains(&section)
+}
+
+/// `name` in the directory of this executable.
+fn next_to_exe(name: &str) -> Result<PathBuf> {
+    Ok(std::env::current_exe()
+        .context("could not find this executable's path")?
+        .parent()
+        .context("this executable has no parent directory")?
+        .join(name))
+}
+
+fn local_config(args: &Args, tmp: &Path) -> Result<local_bench::LocalConfig> {
+    Ok(local_bench::LocalConfig {
+        tmp: tmp.to_path_buf(),
+        pave_bin: match &args.pave_bin {
+            Some(p) => p.clone(),
+            None => next_to_exe("pave")?,
+        },
+        demo_bin: match &args.demo_bin {
+            Some(p) => p.clone(),
+            None => next_to_exe("pave-demo")?,
+        },
+        runs: args.local_runs,
+    })
 }
 
 async fn sqlite_section(args: &Args, tmp: &Path, report: &Report) -> Result<Value> {
@@ -393,11 +482,7 @@ fn backend_figures(
 async fn serve_section(args: &Args, tmp: &Path, report: &Report) -> Result<Value> {
     let pave = match &args.pave_bin {
         Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("could not find this executable's path")?
-            .parent()
-            .context("this executable has no parent directory")?
-            .join("pave"),
+        None => next_to_exe("pave")?,
     };
     let runs = args.serve_runs;
     let tmp = tmp.to_path_buf();

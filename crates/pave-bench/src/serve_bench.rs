@@ -144,11 +144,17 @@ fn wait_ready(server: &mut Server, addr: SocketAddr, started: Instant) -> Result
 /// One `GET /readyz` over HTTP/1.0; the status code, or `None` when the server
 /// does not answer (yet).
 fn probe(addr: SocketAddr) -> Option<u16> {
+    http_status(addr, "/readyz")
+}
+
+/// One `GET <path>` over HTTP/1.0; the status code, or `None` when the server
+/// does not answer (yet).
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
     stream
-        .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
         .ok()?;
     let mut head = Vec::with_capacity(64);
     let mut buf = [0u8; 256];

@@ -26,7 +26,7 @@ pub const KINDS: &[&str] = &[
 
 /// Kinds the engine expands from its own state (the blueprint catalog, the
 /// environment's contents) before planning: `plan` cannot plan them alone.
-pub const EXPANDED_KINDS: &[&str] = &["blueprint.apply", "env.clone", "env.delete"];
+pub const EXPANDED_KINDS: &[&str] = &["blueprint.apply", "env.clone", "env.delete", "scale", "rollback"];
 
 /// Separates the objects of an action that locks several.
 pub const OBJECT_SEPARATOR: char = ',';
@@ -79,8 +79,8 @@ struct ResourceRef {
     name: String,
 }
 
-/// Input of `deploy`. Fields left out are taken from the base revision (the
-/// current one when `command` is left out, or `revision_of`).
+/// Input of `deploy`. Fields left out are taken from the base revision: the
+/// one that serves (or `revision_of`); a first deploy starts from defaults.
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct DeployInput {
@@ -109,22 +109,84 @@ struct DeployInput {
 /// Input of `scale`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ScaleInput {
-    name: String,
-    replicas: u32,
+pub struct ScaleInput {
+    /// Workload.
+    pub name: String,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Readiness deadline.
     #[serde(default)]
-    ready_timeout_secs: Option<u64>,
+    pub ready_timeout_secs: Option<u64>,
 }
 
 /// Input of `rollback`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RollbackInput {
-    name: String,
+pub struct RollbackInput {
+    /// Workload.
+    pub name: String,
+    /// The revision to make current again (default: the previous one).
     #[serde(default)]
-    to: Option<i64>,
+    pub to: Option<i64>,
+    /// Readiness deadline.
     #[serde(default)]
-    ready_timeout_secs: Option<u64>,
+    pub ready_timeout_secs: Option<u64>,
+}
+
+impl ScaleInput {
+    /// Parses and checks the input of `scale`.
+    pub fn parse(input: Value) -> Result<Self, CoreError> {
+        let s: ScaleInput = parse(input)?;
+        crate::names::validate_name("workload", &s.name)?;
+        if s.replicas > 100 {
+            return Err(invalid("`replicas` must be at most 100"));
+        }
+        Ok(s)
+    }
+}
+
+impl RollbackInput {
+    /// Parses and checks the input of `rollback`.
+    pub fn parse(input: Value) -> Result<Self, CoreError> {
+        let r: RollbackInput = parse(input)?;
+        crate::names::validate_name("workload", &r.name)?;
+        Ok(r)
+    }
+}
+
+/// A revision and the replicas it runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Serving {
+    /// Revision number.
+    pub revision: i64,
+    /// Replicas.
+    pub replicas: u32,
+}
+
+/// Plans the rollout of an existing revision (`scale`, `rollback`): no new
+/// revision; `previous` is what serves now, restored if the action is undone.
+pub fn plan_activation(
+    env: &str,
+    name: &str,
+    to: Serving,
+    previous: Serving,
+    timeout: Option<u64>,
+    input: Value,
+) -> Result<Plan, CoreError> {
+    let activate = json!({ "revision": to.revision, "replicas": to.replicas });
+    let mut p = rollout(env, name, activate.clone(), Value::Null, timeout, input)?;
+    for s in &mut p.steps {
+        s.spec["revision"] = activate["revision"].clone();
+        s.spec["replicas"] = activate["replicas"].clone();
+        if let Some(m) = s.spec.as_object_mut() {
+            m.remove("base");
+            m.remove("template");
+        }
+    }
+    p.steps[0].name = format!("apply revision {} with {} replicas", to.revision, to.replicas);
+    p.steps[0].compensation["spec"]["previous"] =
+        json!({ "revision": previous.revision, "replicas": previous.replicas });
+    Ok(p)
 }
 
 /// Input of `exec`.
@@ -255,10 +317,10 @@ pub fn plan_blueprint(
     }
     for w in &rendered.workloads {
         let name = w["name"].as_str().unwrap_or_default().to_string();
-        let p = plan("deploy", "", env, w.clone()).map_err(|e| within(&ctx, e))?;
-        if p.steps[0].spec["base"] != Value::Null {
+        if w["command"].is_null() {
             return Err(invalid(format!("{ctx}: workload `{name}` needs a `command`")));
         }
+        let p = plan("deploy", "", env, w.clone()).map_err(|e| within(&ctx, e))?;
         parts.push((name, p));
     }
     if parts.is_empty() {
@@ -454,10 +516,11 @@ pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan
             if d.replicas.is_some_and(|r| r > 100) {
                 return Err(invalid("`replicas` must be at most 100"));
             }
-            let base = match (d.revision_of, &d.command) {
-                (Some(n), _) => json!({ "revision": n }),
-                (None, None) => json!("current"),
-                (None, Some(_)) => Value::Null,
+            // What is left out comes from what serves now (a first deploy
+            // starts from the defaults).
+            let base = match d.revision_of {
+                Some(n) => json!({ "revision": n }),
+                None => json!("current_or_new"),
             };
             let template = json!({
                 "command": d.command,
@@ -470,33 +533,6 @@ pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan
             });
             let input = serde_json::to_value(&d).map_err(|e| invalid(e.to_string()))?;
             rollout(env, &d.name, base, template, d.ready_timeout_secs, input)
-        }
-        "scale" => {
-            let s: ScaleInput = parse(input)?;
-            crate::names::validate_name("workload", &s.name)?;
-            if s.replicas > 100 {
-                return Err(invalid("`replicas` must be at most 100"));
-            }
-            let input = json!({ "name": s.name, "replicas": s.replicas });
-            let template = json!({ "replicas": s.replicas });
-            rollout(
-                env,
-                &s.name,
-                json!("current"),
-                template,
-                s.ready_timeout_secs,
-                input,
-            )
-        }
-        "rollback" => {
-            let r: RollbackInput = parse(input)?;
-            crate::names::validate_name("workload", &r.name)?;
-            let base = match r.to {
-                Some(n) => json!({ "revision": n }),
-                None => json!("previous"),
-            };
-            let input = json!({ "name": r.name, "to": r.to });
-            rollout(env, &r.name, base, json!({}), r.ready_timeout_secs, input)
         }
         "exec" => {
             let e: ExecInput = parse(input)?;
@@ -622,10 +658,16 @@ mod tests {
             json!({"name": "web", "readiness": {"udp": 1}})
         )
         .is_err());
-        let s = plan("scale", "a", "s", json!({"name": "web", "replicas": 3})).unwrap();
-        assert_eq!(s.steps[0].spec["base"], "current");
-        let r = plan("rollback", "a", "s", json!({"name": "web"})).unwrap();
-        assert_eq!(r.steps[0].spec["base"], "previous");
+        let on = |revision, replicas| Serving { revision, replicas };
+        let s = plan_activation("s", "web", on(2, 3), on(2, 1), None, json!({})).unwrap();
+        assert!(s
+            .steps
+            .iter()
+            .all(|st| st.spec["revision"] == 2 && st.spec["replicas"] == 3));
+        assert!(s.steps[0].spec.get("base").is_none());
+        assert_eq!(s.steps[0].compensation["spec"]["previous"]["replicas"], 1);
+        assert!(ScaleInput::parse(json!({"name": "web", "replicas": 101})).is_err());
+        assert!(RollbackInput::parse(json!({"name": "web", "to": "x"})).is_err());
     }
 
     #[test]

@@ -245,6 +245,8 @@ impl Engine {
                 let resources: Vec<String> = resources.into_iter().map(|r| r.name).collect();
                 Ok(plan::plan_env_delete(&env.name, &workloads, &resources)?)
             }
+            "scale" => crate::workloads::plan_scale(self, &env.name, input).await,
+            "rollback" => crate::workloads::plan_rollback(self, &env.name, input).await,
             other => Err(EngineError::Invalid(CoreError::UnknownKind(other.to_string()))),
         }
     }

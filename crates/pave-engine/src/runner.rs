@@ -231,7 +231,7 @@ impl Run {
             if self.engine.inner.stopping.is_cancelled() {
                 return Ok(PassEnd::Stopped);
             }
-            let prepared = match self.prepare(&step.kind, &step.spec).await {
+            let prepared = match self.prepare(step.idx, &step.kind, &step.spec).await {
                 Ok(p) => p,
                 Err((code, message)) => return self.fail_before_start(&step, &code, message).await,
             };
@@ -263,7 +263,7 @@ impl Run {
             }
             let kind = step.compensation["kind"].as_str().unwrap_or_default().to_string();
             let spec = step.compensation["spec"].clone();
-            let prepared = match self.prepare(&kind, &spec).await {
+            let prepared = match self.prepare(step.idx, &kind, &spec).await {
                 Ok(p) => p,
                 Err((_, message)) => {
                     return Ok(PassEnd::Failed(self.step_error(
@@ -280,11 +280,11 @@ impl Run {
         Ok(PassEnd::Done)
     }
 
-    async fn prepare(&self, kind: &str, spec: &Value) -> Result<Prepared, resources::PrepareError> {
+    async fn prepare(&self, idx: i64, kind: &str, spec: &Value) -> Result<Prepared, resources::PrepareError> {
         if let Some(r) = resources::prepare(&self.engine, self.id(), kind, spec).await {
             return r;
         }
-        if let Some(r) = workloads::prepare(&self.engine, self.id(), kind, spec).await {
+        if let Some(r) = workloads::prepare(&self.engine, self.id(), idx, kind, spec).await {
             return r;
         }
         if let Some(r) = crate::expand::prepare(&self.engine, kind, spec).await {

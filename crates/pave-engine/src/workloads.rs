@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use pave_agent::protocol::{Command, CommandPayload, FromAgent, Outcome, WorkloadKey, WorkloadSpec};
 use pave_core::action::ActionState;
+use pave_core::plan::{plan_activation, Plan, RollbackInput, ScaleInput, Serving};
 use pave_core::time::now_ms;
 use pave_store::{RevisionRecord, WriteOp};
 use serde_json::{json, Value};
@@ -42,6 +43,63 @@ async fn revision_of_action(
         .await
         .map_err(store_err)?;
     Ok(revisions.into_iter().rev().find(|r| r.created_by == action_id))
+}
+
+/// The replicas a workload runs: its own count, or its revision's.
+fn replicas_of(w: Option<&pave_store::WorkloadRecord>, r: &RevisionRecord) -> u32 {
+    w.and_then(|w| w.replicas)
+        .unwrap_or_else(|| r.spec["replicas"].as_u64().unwrap_or(1) as u32)
+}
+
+/// The revision a rollout step brings up and with how many replicas: the one
+/// named in the step (`scale`, `rollback`), or the one its action created.
+async fn rolled_out(
+    engine: &Engine,
+    key: &WorkloadKey,
+    action_id: &str,
+    spec: &Value,
+) -> Result<(RevisionRecord, u32), PrepareError> {
+    if let Some(n) = spec["revision"].as_i64() {
+        let r = revision(engine, key, n).await?;
+        let replicas = spec["replicas"]
+            .as_u64()
+            .map_or_else(|| replicas_of(None, &r), |n| n as u32);
+        return Ok((r, replicas));
+    }
+    let r = revision_of_action(engine, key, action_id)
+        .await?
+        .ok_or_else(|| err("invalid_step", "this action created no revision"))?;
+    let replicas = replicas_of(None, &r);
+    Ok((r, replicas))
+}
+
+async fn revision(engine: &Engine, key: &WorkloadKey, n: i64) -> Result<RevisionRecord, PrepareError> {
+    engine
+        .store()
+        .get_revision(&key.env, &key.name, n)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| {
+            err(
+                "not_found",
+                format!("workload `{}` has no revision {n}", key.name),
+            )
+        })
+}
+
+/// What serves now: the current revision and its replicas.
+async fn serving(engine: &Engine, key: &WorkloadKey) -> Result<Option<(RevisionRecord, u32)>, PrepareError> {
+    let w = engine
+        .store()
+        .get_workload(&key.env, &key.name)
+        .await
+        .map_err(store_err)?;
+    let Some(n) = w.as_ref().and_then(|w| w.current_revision) else {
+        return Ok(None);
+    };
+    let r = revision(engine, key, n).await?;
+    let replicas = replicas_of(w.as_ref(), &r);
+    Ok(Some((r, replicas)))
 }
 
 /// Whether every revision of the workload was made by `action_id` (it created
@@ -79,23 +137,139 @@ async fn previous_serving(
     Ok(None)
 }
 
-async fn current(engine: &Engine, key: &WorkloadKey) -> Result<Option<RevisionRecord>, PrepareError> {
-    let Some(w) = engine
-        .store()
-        .get_workload(&key.env, &key.name)
-        .await
-        .map_err(store_err)?
-    else {
-        return Ok(None);
+/// Why a scale or rollback cannot be planned.
+fn plan_error((code, message): PrepareError) -> crate::EngineError {
+    match code.as_str() {
+        "not_found" => crate::EngineError::NotFound(message),
+        "store_failed" => crate::EngineError::Conflict(message),
+        _ => crate::EngineError::Conflict(message),
+    }
+}
+
+/// Plans `scale`: the current revision with another replica count.
+pub(crate) async fn plan_scale(engine: &Engine, env: &str, input: Value) -> Result<Plan, crate::EngineError> {
+    let s = ScaleInput::parse(input)?;
+    let key = WorkloadKey::new(env, &s.name);
+    let (cur, replicas) = serving_or_refuse(engine, &key).await?;
+    let input = json!({ "name": s.name, "replicas": s.replicas });
+    let previous = Serving {
+        revision: cur.revision,
+        replicas,
     };
-    let Some(n) = w.current_revision else {
-        return Ok(None);
+    let to = Serving {
+        revision: cur.revision,
+        replicas: s.replicas,
     };
-    engine
+    Ok(plan_activation(
+        env,
+        &s.name,
+        to,
+        previous,
+        s.ready_timeout_secs,
+        input,
+    )?)
+}
+
+/// Plans `rollback`: revision `to`, or the previous one (the newest that
+/// served with another template, below the current one or else above it),
+/// made current again with the replicas that run now.
+pub(crate) async fn plan_rollback(
+    engine: &Engine,
+    env: &str,
+    input: Value,
+) -> Result<Plan, crate::EngineError> {
+    let r = RollbackInput::parse(input)?;
+    let key = WorkloadKey::new(env, &r.name);
+    let (cur, replicas) = serving_or_refuse(engine, &key).await?;
+    let target = match r.to {
+        Some(n) if n == cur.revision => {
+            return Err(crate::EngineError::Conflict(format!(
+                "revision {n} of `{}` is current already",
+                r.name
+            )))
+        }
+        Some(n) => revision(engine, &key, n).await.map_err(plan_error)?,
+        None => previous_template(engine, &key, &cur).await.map_err(plan_error)?,
+    };
+    let input = json!({ "name": r.name, "to": target.revision });
+    let previous = Serving {
+        revision: cur.revision,
+        replicas,
+    };
+    let to = Serving {
+        revision: target.revision,
+        replicas,
+    };
+    Ok(plan_activation(
+        env,
+        &r.name,
+        to,
+        previous,
+        r.ready_timeout_secs,
+        input,
+    )?)
+}
+
+async fn serving_or_refuse(
+    engine: &Engine,
+    key: &WorkloadKey,
+) -> Result<(RevisionRecord, u32), crate::EngineError> {
+    if engine.store().get_workload(&key.env, &key.name).await?.is_none() {
+        return Err(crate::EngineError::NotFound(format!(
+            "workload `{}` in `{}`",
+            key.name, key.env
+        )));
+    }
+    serving(engine, key).await.map_err(plan_error)?.ok_or_else(|| {
+        crate::EngineError::Conflict(format!(
+            "workload `{}` has no revision serving in `{}`; deploy it first",
+            key.name, key.env
+        ))
+    })
+}
+
+/// Like `kubectl rollout undo`: the last revision whose template differs
+/// from the current one (a scale changes no template) and that served.
+async fn previous_template(
+    engine: &Engine,
+    key: &WorkloadKey,
+    cur: &RevisionRecord,
+) -> Result<RevisionRecord, PrepareError> {
+    let template = |spec: &Value| {
+        let mut t = spec.clone();
+        if let Some(o) = t.as_object_mut() {
+            o.remove("replicas");
+        }
+        t
+    };
+    let revisions = engine
         .store()
-        .get_revision(&key.env, &key.name, n)
+        .list_revisions(&key.env, &key.name)
         .await
-        .map_err(store_err)
+        .map_err(store_err)?;
+    let below = revisions.iter().rev().filter(|r| r.revision < cur.revision);
+    let above = revisions.iter().rev().filter(|r| r.revision > cur.revision);
+    for r in below.chain(above) {
+        if template(&r.spec) == template(&cur.spec) {
+            continue;
+        }
+        let served = engine
+            .store()
+            .get_action(&r.created_by)
+            .await
+            .map_err(store_err)?
+            .is_some_and(|a| a.state == ActionState::Succeeded);
+        if served {
+            return Ok(r.clone());
+        }
+    }
+    Err(err(
+        "no_revision",
+        format!(
+            "workload `{}` has no other revision with another spec to roll back to",
+            key.name
+        ),
+    ))
 }
 
 /// Converts an input readiness (`{"http": "/p"}`, `{"tcp": true}`) to the driver's.
@@ -125,42 +299,18 @@ async fn new_spec(
             ),
         )
     };
+    let defaults = json!({ "command": [], "env": {}, "replicas": 1, "port": true, "readiness": null });
     let mut spec = match base {
-        Value::Null => json!({ "command": [], "env": {}, "replicas": 1, "port": true, "readiness": null }),
-        Value::String(s) if s == "current" => current(engine, key).await?.ok_or_else(no_current)?.spec,
-        Value::String(s) if s == "previous" => {
-            // Like `kubectl rollout undo`: back to the last template that differed
-            // from the current one (a scale changes no template), keeping the
-            // current replica count.
-            let cur = current(engine, key).await?.ok_or_else(no_current)?;
-            let template = |spec: &Value| {
-                let mut t = spec.clone();
-                if let Some(o) = t.as_object_mut() {
-                    o.remove("replicas");
-                }
-                t
-            };
-            let mut below = cur.revision;
-            let previous = loop {
-                match previous_serving(engine, key, below).await? {
-                    Some(r) if template(&r.spec) == template(&cur.spec) => below = r.revision,
-                    other => break other,
-                }
-            };
-            let mut spec = previous
-                .ok_or_else(|| {
-                    err(
-                        "no_revision",
-                        format!(
-                            "workload `{}` has no earlier revision with another spec to roll back to",
-                            key.name
-                        ),
-                    )
-                })?
-                .spec;
-            spec["replicas"] = cur.spec["replicas"].clone();
-            spec
-        }
+        Value::Null => defaults,
+        Value::String(s) if s == "current" || s == "current_or_new" => match serving(engine, key).await? {
+            Some((cur, replicas)) => {
+                let mut spec = cur.spec;
+                spec["replicas"] = json!(replicas);
+                spec
+            }
+            None if s == "current_or_new" => defaults,
+            None => return Err(no_current()),
+        },
         // A literal spec: an environment clone copies another environment's revision.
         other if other["spec"].is_object() => other["spec"].clone(),
         other => {
@@ -311,11 +461,12 @@ async fn resolved(
 pub(crate) async fn prepare(
     engine: &Engine,
     action_id: &str,
+    step_idx: i64,
     kind: &str,
     spec: &Value,
 ) -> Option<Result<Prepared, PrepareError>> {
     let result = match kind {
-        "apply_workload" => prepare_apply(engine, action_id, spec).await,
+        "apply_workload" => prepare_apply(engine, action_id, step_idx, spec).await,
         "await_workload" => prepare_await(engine, action_id, spec).await,
         "prune_workload" => prepare_prune(engine, action_id, spec).await,
         "restore_workload" => prepare_restore(engine, action_id, spec).await,
@@ -329,8 +480,25 @@ pub(crate) async fn prepare(
     Some(result)
 }
 
-async fn prepare_apply(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
+async fn prepare_apply(
+    engine: &Engine,
+    action_id: &str,
+    step_idx: i64,
+    spec: &Value,
+) -> Result<Prepared, PrepareError> {
     let key = key_of(spec)?;
+    if spec["revision"].is_i64() {
+        let (r, replicas) = rolled_out(engine, &key, action_id, spec).await?;
+        let mut spec = resolved(engine, &key, &r).await?;
+        spec.replicas = replicas;
+        return Ok(Prepared {
+            payload: CommandPayload::ApplyWorkload {
+                key,
+                spec: Box::new(spec),
+            },
+            before: vec![],
+        });
+    }
     let mut before = vec![];
     let revision = match revision_of_action(engine, &key, action_id).await? {
         // A re-run step applies the revision it created the first time.
@@ -353,6 +521,24 @@ async fn prepare_apply(engine: &Engine, action_id: &str, spec: &Value) -> Result
                 created_at: now_ms(),
             };
             before.push(WriteOp::InsertRevision(r.clone()));
+            // Undoing this deploy brings back exactly what serves now (which
+            // after a rollback need not be the newest older revision).
+            if let Some((cur, replicas)) = serving(engine, &key).await? {
+                before.push(WriteOp::UpdateStep {
+                    action_id: action_id.to_string(),
+                    idx: step_idx,
+                    set: pave_store::StepUpdate {
+                        compensation: Some(json!({
+                            "kind": "restore_workload",
+                            "spec": {
+                                "env": key.env, "name": key.name,
+                                "previous": { "revision": cur.revision, "replicas": replicas },
+                            },
+                        })),
+                        ..Default::default()
+                    },
+                });
+            }
             r
         }
     };
@@ -366,21 +552,16 @@ async fn prepare_apply(engine: &Engine, action_id: &str, spec: &Value) -> Result
     })
 }
 
-async fn own_revision(
-    engine: &Engine,
-    key: &WorkloadKey,
-    action_id: &str,
-) -> Result<RevisionRecord, PrepareError> {
-    revision_of_action(engine, key, action_id)
-        .await?
-        .ok_or_else(|| err("invalid_step", "this action created no revision"))
-}
-
 async fn prepare_await(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
     let key = key_of(spec)?;
-    let mine = own_revision(engine, &key, action_id).await?;
-    let fallback = match current(engine, &key).await? {
-        Some(cur) if cur.revision != mine.revision => Some(Box::new(resolved(engine, &key, &cur).await?)),
+    let (mine, replicas) = rolled_out(engine, &key, action_id, spec).await?;
+    // What serves now comes back if the new state does not become ready.
+    let fallback = match serving(engine, &key).await? {
+        Some((cur, n)) if (cur.revision, n) != (mine.revision, replicas) => {
+            let mut s = resolved(engine, &key, &cur).await?;
+            s.replicas = n;
+            Some(Box::new(s))
+        }
         _ => None,
     };
     let secs = spec["ready_timeout_secs"]
@@ -399,7 +580,7 @@ async fn prepare_await(engine: &Engine, action_id: &str, spec: &Value) -> Result
 
 async fn prepare_prune(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
     let key = key_of(spec)?;
-    let mine = own_revision(engine, &key, action_id).await?;
+    let (mine, _) = rolled_out(engine, &key, action_id, spec).await?;
     Ok(Prepared {
         payload: CommandPayload::PruneWorkload {
             key,
@@ -411,6 +592,21 @@ async fn prepare_prune(engine: &Engine, action_id: &str, spec: &Value) -> Result
 
 async fn prepare_restore(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
     let key = key_of(spec)?;
+    if let Some(n) = spec["previous"]["revision"].as_i64() {
+        // Undoing a scale or a rollback brings back what served before it.
+        let prev = revision(engine, &key, n).await?;
+        let mut s = resolved(engine, &key, &prev).await?;
+        s.replicas = spec["previous"]["replicas"]
+            .as_u64()
+            .map_or(s.replicas, |r| r as u32);
+        return Ok(Prepared {
+            payload: CommandPayload::RestoreWorkload {
+                key,
+                spec: Some(Box::new(s)),
+            },
+            before: vec![],
+        });
+    }
     let Some(mine) = revision_of_action(engine, &key, action_id).await? else {
         return Ok(Prepared {
             payload: CommandPayload::Noop,
@@ -471,14 +667,21 @@ pub(crate) async fn after(
         return vec![];
     };
     match kind {
-        "prune_workload" => match revision_of_action(engine, &key, action_id).await {
-            Ok(Some(r)) => vec![WriteOp::SetCurrentRevision {
+        "prune_workload" => match rolled_out(engine, &key, action_id, spec).await {
+            Ok((r, replicas)) => vec![WriteOp::SetCurrentRevision {
                 env: key.env,
                 name: key.name,
                 revision: Some(r.revision),
+                replicas: Some(replicas),
             }],
             _ => vec![],
         },
+        "restore_workload" if spec["previous"]["revision"].is_i64() => vec![WriteOp::SetCurrentRevision {
+            env: key.env,
+            name: key.name,
+            revision: spec["previous"]["revision"].as_i64(),
+            replicas: spec["previous"]["replicas"].as_u64().map(|r| r as u32),
+        }],
         "restore_workload" => {
             let Ok(Some(mine)) = revision_of_action(engine, &key, action_id).await else {
                 return vec![];
@@ -493,6 +696,7 @@ pub(crate) async fn after(
             vec![WriteOp::SetCurrentRevision {
                 env: key.env,
                 name: key.name,
+                replicas: prev.as_ref().map(|p| replicas_of(None, p)),
                 revision: prev.map(|p| p.revision),
             }]
         }

@@ -96,6 +96,8 @@ pub enum WriteOp {
         name: String,
         /// The revision.
         revision: Option<i64>,
+        /// Replicas to record with it (None leaves them as they are).
+        replicas: Option<u32>,
     },
     /// Removes a workload record and its revisions.
     DeleteWorkload {
@@ -132,6 +134,8 @@ pub struct WorkloadRecord {
     pub name: String,
     /// The revision that serves (None until a first one became ready).
     pub current_revision: Option<i64>,
+    /// Replicas it runs (None: as its current revision says).
+    pub replicas: Option<u32>,
     /// Milliseconds since the epoch.
     pub created_at: i64,
     /// Milliseconds since the epoch.
@@ -187,6 +191,8 @@ pub struct StepUpdate {
     pub output: Option<Value>,
     /// New error (`Some(None)` clears it).
     pub error: Option<Option<ActionError>>,
+    /// New compensation (what undoes the step, once known).
+    pub compensation: Option<Value>,
 }
 
 /// What one [`WriteOp`] did.

@@ -91,6 +91,9 @@ fn step_sets(set: &StepUpdate) -> Option<String> {
     if let Some(e) = &set.error {
         sets.push(format!("error = {}", error(e)));
     }
+    if let Some(c) = &set.compensation {
+        sets.push(format!("compensation = {}", json(c)));
+    }
     (!sets.is_empty()).then(|| sets.join(", "))
 }
 

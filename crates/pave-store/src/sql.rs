@@ -434,7 +434,8 @@ macro_rules! sql_store {
                              started_at = CASE WHEN $5 = 1 THEN $6 ELSE started_at END, \
                              finished_at = CASE WHEN $7 = 1 THEN $8 ELSE finished_at END, \
                              output = COALESCE($9, output), \
-                             error = CASE WHEN $10 = 1 THEN $11 ELSE error END \
+                             error = CASE WHEN $10 = 1 THEN $11 ELSE error END, \
+                             compensation = COALESCE($12, compensation) \
                              WHERE action_id = $1 AND idx = $2",
                         )
                         .bind(action_id)
@@ -448,6 +449,7 @@ macro_rules! sql_store {
                         .bind(set.output.as_ref().map(json_text))
                         .bind(set.error.is_some() as i64)
                         .bind(set.error.as_ref().and_then(error_text))
+                        .bind(set.compensation.as_ref().map(json_text))
                         .execute(&mut *conn)
                         .await?;
                         if r.rows_affected() == 0 {
@@ -621,14 +623,16 @@ macro_rules! sql_store {
                         .await?;
                         Ok(OpResult::Done)
                     }
-                    WriteOp::SetCurrentRevision { env, name, revision } => {
+                    WriteOp::SetCurrentRevision { env, name, revision, replicas } => {
                         sqlx::query(
-                            "UPDATE workloads SET current_revision = $3, updated_at = $4 WHERE env = $1 AND name = $2",
+                            "UPDATE workloads SET current_revision = $3, replicas = COALESCE($5, replicas), \
+                             updated_at = $4 WHERE env = $1 AND name = $2",
                         )
                         .bind(env)
                         .bind(name)
                         .bind(*revision)
                         .bind(now)
+                        .bind(replicas.map(i64::from))
                         .execute(&mut *conn)
                         .await?;
                         Ok(OpResult::Done)
@@ -1242,26 +1246,27 @@ macro_rules! sql_store {
             }
 
             async fn get_workload(&self, env: &str, name: &str) -> Result<Option<WorkloadRecord>> {
-                let row: Option<(String, String, Option<i64>, i64, i64)> = sqlx::query_as(
-                    "SELECT env, name, current_revision, created_at, updated_at FROM workloads \
+                let row: Option<(String, String, Option<i64>, Option<i64>, i64, i64)> = sqlx::query_as(
+                    "SELECT env, name, current_revision, replicas, created_at, updated_at FROM workloads \
                      WHERE env = $1 AND name = $2",
                 )
                 .bind(env)
                 .bind(name)
                 .fetch_optional(self.reader())
                 .await?;
-                Ok(row.map(|(env, name, current_revision, created_at, updated_at)| WorkloadRecord {
+                Ok(row.map(|(env, name, current_revision, replicas, created_at, updated_at)| WorkloadRecord {
                     env,
                     name,
                     current_revision,
+                    replicas: replicas.and_then(|r| u32::try_from(r).ok()),
                     created_at,
                     updated_at,
                 }))
             }
 
             async fn list_workloads(&self, env: &str) -> Result<Vec<WorkloadRecord>> {
-                let rows: Vec<(String, String, Option<i64>, i64, i64)> = sqlx::query_as(
-                    "SELECT env, name, current_revision, created_at, updated_at FROM workloads \
+                let rows: Vec<(String, String, Option<i64>, Option<i64>, i64, i64)> = sqlx::query_as(
+                    "SELECT env, name, current_revision, replicas, created_at, updated_at FROM workloads \
                      WHERE env = $1 ORDER BY name",
                 )
                 .bind(env)
@@ -1269,10 +1274,11 @@ macro_rules! sql_store {
                 .await?;
                 Ok(rows
                     .into_iter()
-                    .map(|(env, name, current_revision, created_at, updated_at)| WorkloadRecord {
+                    .map(|(env, name, current_revision, replicas, created_at, updated_at)| WorkloadRecord {
                         env,
                         name,
                         current_revision,
+                        replicas: replicas.and_then(|r| u32::try_from(r).ok()),
                         created_at,
                         updated_at,
                     })

@@ -381,6 +381,7 @@ async fn workloads_keep_immutable_revisions_and_a_current_one(store: DynStore) {
                 env: "local".into(),
                 name: "web".into(),
                 revision: Some(1),
+                replicas: Some(4),
             },
             WriteOp::InsertRevision(rev(2, 3, "a2")),
             // A revision is never replaced.
@@ -390,7 +391,7 @@ async fn workloads_keep_immutable_revisions_and_a_current_one(store: DynStore) {
     .await
     .unwrap();
     let w = store.get_workload("local", "web").await.unwrap().unwrap();
-    assert_eq!(w.current_revision, Some(1));
+    assert_eq!((w.current_revision, w.replicas), (Some(1), Some(4)));
     let r1 = store.get_revision("local", "web", 1).await.unwrap().unwrap();
     assert_eq!(
         (r1.spec["replicas"].as_u64(), r1.created_by.as_str()),

@@ -101,39 +101,39 @@ fn a_workload_is_deployed_scaled_rolled_back_and_a_bad_revision_does_not_replace
         );
     }
 
-    // Revision 3: three replicas.
+    // A scale makes no revision (as on Kubernetes): revision 2, three replicas.
     let out = server.cli(&["scale", "payments", "--env", ENV, "--replicas", "3", "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     let w = workload(&server, "payments");
     assert_eq!(
         (w["current_revision"].as_i64(), w["ready"].as_u64()),
-        (Some(3), Some(3)),
+        (Some(2), Some(3)),
         "{w}"
     );
+    assert_eq!(w["revisions"].as_array().map(Vec::len), Some(2), "{w}");
 
-    // Revision 4: revision 1's spec again.
-    // Like `kubectl rollout undo`: the scale changed no template, so a plain
-    // rollback goes back to revision 1's template, at the current replica count.
+    // Rollback makes revision 1 current again, at the current replica count.
     let out = server.cli(&["rollback", "payments", "--env", ENV, "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     let w = workload(&server, "payments");
-    assert_eq!(w["current_revision"], 4, "{w}");
-    let mut expected = w["revisions"][0]["spec"].clone();
-    expected["replicas"] = serde_json::json!(3);
-    assert_eq!(w["revisions"][3]["spec"], expected);
+    assert_eq!(w["current_revision"], 1, "{w}");
+    assert_eq!(w["revisions"].as_array().map(Vec::len), Some(2), "{w}");
     assert_eq!(w["ready"], 3, "{w}");
-    let serving = ports_of(&w, 4);
-
-    // A revision that never becomes ready fails its rollout and leaves revision 4 serving.
+    assert!(ports_of(&w, 2).is_empty(), "revision 2 still runs: {w}");
+    let serving = ports_of(&w, 1);
+    assert_eq!(serving.len(), 3, "{w}");
+    // The next deploy starts from what serves: revision 1's spec, three replicas.
+    // A revision that never becomes ready fails its rollout and leaves revision 1 serving.
     let out = deploy(&server, &["--command", "false", "--ready-timeout", "3s"]);
     assert_eq!(out.status.code(), Some(3), "{}{}", stdout(&out), stderr(&out));
     let text = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(text.contains("revision 5 not ready after 3s"), "{text}");
-    assert!(text.contains("revision 4 is still current and serving"), "{text}");
+    assert!(text.contains("revision 3 not ready after 3s"), "{text}");
+    assert!(text.contains("revision 1 is still current and serving"), "{text}");
     let w = workload(&server, "payments");
-    assert_eq!(w["current_revision"], 4, "{w}");
-    assert!(ports_of(&w, 5).is_empty(), "revision 5 still runs: {w}");
-    assert_eq!(ports_of(&w, 4), serving);
+    assert_eq!(w["current_revision"], 1, "{w}");
+    assert_eq!(w["revisions"][2]["spec"]["replicas"], 3, "{w}");
+    assert!(ports_of(&w, 3).is_empty(), "revision 3 still runs: {w}");
+    assert_eq!(ports_of(&w, 1), serving);
     for p in &serving {
         assert_eq!(
             http_status(*p, "/healthz", None),
@@ -141,6 +141,25 @@ fn a_workload_is_deployed_scaled_rolled_back_and_a_bad_revision_does_not_replace
             "replica on port {p}"
         );
     }
+    // Undoing the rollback brings revision 2 back, with the replicas it ran.
+    let actions = server.cli_json(&["actions", "list", "--kind", "rollback", "-o", "json"]);
+    let id = actions[0]["id"]
+        .as_str()
+        .expect("the rollback action")
+        .to_string();
+    let out = server.cli(&["actions", "rollback", &id, "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let w = workload(&server, "payments");
+    assert_eq!(
+        (w["current_revision"].as_i64(), w["ready"].as_u64()),
+        (Some(2), Some(3)),
+        "{w}"
+    );
+    let out = server.cli(&["rollback", "payments", "--env", ENV, "--to", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let w = workload(&server, "payments");
+    assert_eq!(w["current_revision"], 1, "{w}");
+    let serving = ports_of(&w, 1);
 
     // exec runs in a replica's environment and exits with the command's code.
     let out = server.cli(&["exec", "payments", "--env", ENV, "--", "sh", "-c", "echo $PORT"]);

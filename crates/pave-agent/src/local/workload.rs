@@ -13,6 +13,13 @@ use crate::protocol::{Command, CommandPayload, FromAgent, LogStream, Outcome};
 /// How often a rollout looks at the replicas.
 const POLL: Duration = Duration::from_millis(250);
 
+/// First pause between readiness checks of a rollout; it grows by half each
+/// time, up to [`POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(1);
+
+/// Restarts after which a replica that never became ready counts as crash-looping.
+const CRASH_LOOP_RESTARTS: u32 = 3;
+
 /// Executes a workload command, or `None` when the command is not one.
 pub async fn execute(
     target: &dyn Target,
@@ -173,6 +180,7 @@ async fn await_ready(
     token: CancellationToken,
 ) -> Outcome {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let mut pause = FIRST_POLL;
     loop {
         let status = match target.status(key).await {
             Ok(s) => s,
@@ -184,8 +192,17 @@ async fn await_ready(
                 output: serde_json::to_value(status).unwrap_or_default(),
             };
         }
+        // Waiting out the deadline tells nothing more when every replica keeps
+        // exiting before it was ever ready (a command that fails at start).
+        let mine: Vec<_> = status.of_revision(revision).collect();
+        let crash_looping = status.revision == Some(revision)
+            && !mine.is_empty()
+            && mine.len() as u32 >= status.desired
+            && mine
+                .iter()
+                .all(|r| !r.ready && r.restart_count >= CRASH_LOOP_RESTARTS);
         let cancelled = token.is_cancelled();
-        if cancelled || tokio::time::Instant::now() >= deadline {
+        if cancelled || crash_looping || tokio::time::Instant::now() >= deadline {
             let report = not_ready_report(target, key, &status, revision).await;
             let retired = match fallback {
                 Some(prev) => match target.apply(key, prev).await {
@@ -210,18 +227,25 @@ async fn await_ready(
                     output: json!({ "message": format!("{report}; {retired}") }),
                 };
             }
+            let why = if crash_looping {
+                format!(
+                    "revision {revision} is crash-looping (every replica exited {CRASH_LOOP_RESTARTS}+ times without becoming ready)"
+                )
+            } else {
+                format!("revision {revision} not ready after {}s", timeout_ms / 1000)
+            };
             return Outcome::Failed {
                 code: "not_ready".into(),
-                message: format!(
-                    "revision {revision} not ready after {}s: {report}; {retired}",
-                    timeout_ms / 1000
-                ),
+                message: format!("{why}: {report}; {retired}"),
                 output: Value::Null,
             };
         }
+        // Most services are ready within milliseconds: look again soon, then
+        // back off to the steady interval.
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = token.cancelled() => {}
         }
+        pause = (pause * 3 / 2).min(POLL);
     }
 }
