@@ -39,7 +39,16 @@ pub(crate) async fn stream(
         let mut last_seen: Option<pave_core::Action> = None;
         let mut current = Some(first);
         loop {
-            // Logs first, so that a client sees every line before the end.
+            // The action before its logs: the lines of a step are committed
+            // before (or with) the state that ends it, so an action read as
+            // ended has all of its lines readable after it.
+            let action = match current.take() {
+                Some(a) => a,
+                None => match store.get_action(&id).await {
+                    Ok(Some(a)) => a,
+                    _ => return,
+                },
+            };
             loop {
                 let lines = match store.logs(&id, last_seq, 1000).await {
                     Ok(l) => l,
@@ -62,13 +71,6 @@ pub(crate) async fn stream(
                     break;
                 }
             }
-            let action = match current.take() {
-                Some(a) => a,
-                None => match store.get_action(&id).await {
-                    Ok(Some(a)) => a,
-                    _ => return,
-                },
-            };
             if last_seen.as_ref() != Some(&action) {
                 if let Ok(ev) = Event::default().event("action").json_data(&action) {
                     if tx.send(Ok(ev)).await.is_err() {

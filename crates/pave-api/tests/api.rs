@@ -52,7 +52,11 @@ async fn start() -> Api {
     .unwrap();
     let mut agents = HashMap::new();
     agents.insert("local".to_string(), AgentHub::start(link).await);
-    let engine = Engine::new(store, agents, Box::new(AllowAll), EngineConfig::default());
+    let config = EngineConfig {
+        master_key: pave_core::vault::MasterKey::from_hex(&pave_core::vault::MasterKey::generate_hex()).ok(),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(store, agents, Box::new(AllowAll), config);
     let e = engine.clone();
     tokio::spawn(async move { e.run(Duration::from_secs(1)).await });
     token(&engine, "pave_good", None, None).await;
@@ -502,4 +506,117 @@ async fn an_action_of_a_deleted_environment_cannot_run_again() {
     let (s, b) = api.post(&format!("/api/v1/actions/{id}/retry"), json!({})).await;
     assert_eq!(s, 409, "{b}");
     assert!(b["error"]["message"].as_str().unwrap().contains("deleted"), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blueprints_are_registered_versioned_and_applied_with_checked_parameters() {
+    let api = start().await;
+    let yaml = "name: worker\nversion: 1\nparameters:\n  type: object\n  required: [name]\n  \
+                properties:\n    name: {type: string}\n    count: {type: integer, default: 1}\n\
+                resources:\n  - name: ${params.name}-cache\n    kind: redis\n";
+    let send = |body: String, content_type: &'static str| {
+        api.http
+            .post(format!("{}/api/v1/blueprints", api.base))
+            .bearer_auth(&api.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let r = send(yaml.to_string(), "application/yaml").await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = send(yaml.to_string(), "application/yaml").await.unwrap();
+    assert_eq!(r.status(), 409, "versions are immutable");
+    let r = send(yaml.replace("version: 1", "version: 2"), "text/plain")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = send(yaml.replace("resources", "resource"), "application/yaml")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("resource"),
+        "{body}"
+    );
+    let r = send(yaml.replace("version: 1", "version: 2"), "application/yaml")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let (s, list) = api.get("/api/v1/blueprints").await;
+    assert_eq!(s, 200);
+    let versions: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "worker")
+        .map(|e| {
+            (
+                e["version"].as_u64().unwrap(),
+                e["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(versions, [(1, "api".to_string()), (2, "api".to_string())]);
+    let (s, one) = api.get("/api/v1/blueprints/worker?version=1").await;
+    assert_eq!((s.as_u16(), one["version"].as_u64()), (200, Some(1)));
+    let (s, _) = api.get("/api/v1/blueprints/nothing").await;
+    assert_eq!(s, 404);
+
+    // Parameters are checked before an action exists.
+    let before = api
+        .engine
+        .store()
+        .list_actions(&Default::default())
+        .await
+        .unwrap()
+        .len();
+    for params in [
+        json!({}),
+        json!({"name": "w", "count": "two"}),
+        json!({"name": "w", "x": 1}),
+    ] {
+        // missing, mistyped, unknown
+        let (s, b) = api
+            .post(
+                "/api/v1/actions",
+                json!({"kind": "blueprint.apply", "input": {"blueprint": "worker", "params": params}}),
+            )
+            .await;
+        assert_eq!(s, 422, "{b}");
+    }
+    let after = api
+        .engine
+        .store()
+        .list_actions(&Default::default())
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+    let (s, a) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "blueprint.apply", "input": {"blueprint": "worker", "params": {"name": "w"}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    assert_eq!(a["input"]["version"], 2, "the newest version applies: {a}");
+    assert_eq!(a["input"]["params"]["count"], 1, "defaults are recorded: {a}");
+    let a = api
+        .wait_state(a["id"].as_str().unwrap(), &["succeeded", "failed"])
+        .await;
+    assert_eq!(a["state"], "succeeded", "{a}");
+    let (s, d) = api
+        .call(reqwest::Method::DELETE, "/api/v1/environments/local", None)
+        .await;
+    assert_eq!(s, 409, "{d}");
+    let (s, a) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "resource.delete", "input": {"name": "w-cache"}}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    api.wait_state(a["id"].as_str().unwrap(), &["succeeded"]).await;
 }

@@ -209,10 +209,15 @@ impl Engine {
                     let Some(rev) = store.get_revision(&c.source, &w.name, n).await? else {
                         continue;
                     };
+                    let mut spec = rev.spec;
+                    // The replicas that run, which a scale may have changed since.
+                    if let Some(r) = w.replicas {
+                        spec["replicas"] = json!(r);
+                    }
                     workloads.push(CloneWorkload {
                         name: w.name,
                         revision: n,
-                        spec: rev.spec,
+                        spec,
                     });
                 }
                 Ok(plan::plan_clone(&env.name, &c.source, &resources, &workloads)?)

@@ -178,6 +178,12 @@ pub fn summary(a: &Action) {
                     eprintln!("  step:  {step}");
                 }
                 eprintln!("  error: {} ({})", e.message, e.code);
+                // With several steps, what was done before the failure is what exists now.
+                if a.steps.len() > 1 {
+                    for st in &a.steps {
+                        eprintln!("  {:<11} {}", st.state.to_string(), st.name);
+                    }
+                }
                 for n in &e.next {
                     eprintln!("  next:  {n}");
                 }

@@ -224,3 +224,13 @@ pub async fn finish_mutation_after(
     }
     Ok(exit::for_state(done.state))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap checks names, flags and conflicts only when a command is built:
+        // this catches at test time what would otherwise panic for a user.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}
