@@ -17,6 +17,7 @@ pub const KINDS: &[&str] = &[
     "deploy",
     "scale",
     "rollback",
+    "restart",
     "exec",
     "workload.delete",
     "blueprint.apply",
@@ -187,6 +188,15 @@ pub fn plan_activation(
     p.steps[0].compensation["spec"]["previous"] =
         json!({ "revision": previous.revision, "replicas": previous.replicas });
     Ok(p)
+}
+
+/// Input of `restart`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartInput {
+    name: String,
+    #[serde(default)]
+    ready_timeout_secs: Option<u64>,
 }
 
 /// Input of `exec`.
@@ -533,6 +543,21 @@ pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan
             });
             let input = serde_json::to_value(&d).map_err(|e| invalid(e.to_string()))?;
             rollout(env, &d.name, base, template, d.ready_timeout_secs, input)
+        }
+        "restart" => {
+            // Like `kubectl rollout restart`: a new revision of the same spec, so
+            // that fresh replicas start and become ready before the old ones stop.
+            let r: RestartInput = parse(input)?;
+            crate::names::validate_name("workload", &r.name)?;
+            let input = json!({ "name": r.name });
+            rollout(
+                env,
+                &r.name,
+                json!("current"),
+                json!({}),
+                r.ready_timeout_secs,
+                input,
+            )
         }
         "exec" => {
             let e: ExecInput = parse(input)?;

@@ -159,7 +159,34 @@ fn a_workload_is_deployed_scaled_rolled_back_and_a_bad_revision_does_not_replace
     assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
     let w = workload(&server, "payments");
     assert_eq!(w["current_revision"], 1, "{w}");
-    let serving = ports_of(&w, 1);
+    let old_pids: Vec<Value> = w["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pid"].clone())
+        .collect();
+
+    // A restart replaces every replica, rolling: a new revision of the same spec.
+    let out = server.cli(&["restart", "payments", "--env", ENV, "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let w = workload(&server, "payments");
+    assert_eq!(
+        (w["current_revision"].as_i64(), w["ready"].as_u64()),
+        (Some(4), Some(3)),
+        "{w}"
+    );
+    let mut expected = w["revisions"][0]["spec"].clone();
+    expected["replicas"] = serde_json::json!(3);
+    assert_eq!(w["revisions"][3]["spec"], expected);
+    assert!(
+        w["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !old_pids.contains(&r["pid"])),
+        "{w}"
+    );
+    let serving = ports_of(&w, 4);
 
     // exec runs in a replica's environment and exits with the command's code.
     let out = server.cli(&["exec", "payments", "--env", ENV, "--", "sh", "-c", "echo $PORT"]);

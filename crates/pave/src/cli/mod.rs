@@ -64,10 +64,12 @@ pub enum Command {
     Resources(resources::ResourcesCmd),
     /// Deploy a new revision of a workload (a rollout).
     Deploy(workloads::DeployArgs),
-    /// Change a workload's replica count (a new revision).
+    /// Change a workload's replica count (no new revision).
     Scale(workloads::ScaleArgs),
-    /// Deploy an earlier revision's spec again (as a new revision).
+    /// Make an earlier revision current again (default: the previous one).
     Rollback(workloads::RollbackArgs),
+    /// Replace every replica with a fresh one, rolling (a new revision of the same spec).
+    Restart(workloads::RestartArgs),
     /// Run a command in a workload's environment; exits with its exit code.
     Exec(workloads::ExecArgs),
     /// Show the last lines of a workload's output.
@@ -147,6 +149,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Scale(args) => workloads::scale(args).await,
         Command::Rollback(args) => workloads::rollback(args).await,
         Command::Exec(args) => workloads::exec(args).await,
+        Command::Restart(args) => workloads::restart(args).await,
         Command::Logs(args) => workloads::logs(args).await,
         Command::Workloads(cmd) => workloads::run(cmd).await,
         Command::Login(args) => login::login(args).await,

@@ -22,8 +22,9 @@ pub struct DeployArgs {
     /// Environment.
     #[arg(long)]
     pub env: String,
-    /// The command, run by `sh -c` (or give it after `--`). Without one, the
-    /// current revision's command and environment are reused.
+    /// The command, run by `sh -c` (or give it after `--`). Whatever is not
+    /// given (command, environment, replicas, readiness…) is kept from the
+    /// revision that serves now.
     #[arg(long)]
     pub command: Option<String>,
     /// An environment variable (repeatable); values may name resource outputs,
@@ -68,6 +69,22 @@ pub struct ScaleArgs {
     #[arg(long)]
     pub replicas: u32,
     /// How long the new revision may take to become ready (default 60s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ready_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Workload name.
+    pub name: String,
+    /// Environment.
+    #[arg(long)]
+    pub env: String,
+    /// How long the new replicas may take to become ready (default 60s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ready_timeout: Option<Duration>,
 }
@@ -218,6 +235,14 @@ pub async fn scale(a: ScaleArgs) -> anyhow::Result<i32> {
     let mut input = json!({ "name": a.name, "replicas": a.replicas });
     timeout(&mut input, a.ready_timeout);
     let action = submit(&client, "scale", &a.env, input).await?;
+    finish_mutation(&client, action, a.wait.wait, a.client.output).await
+}
+
+pub async fn restart(a: RestartArgs) -> anyhow::Result<i32> {
+    let client = Client::from_args(&a.client)?;
+    let mut input = json!({ "name": a.name });
+    timeout(&mut input, a.ready_timeout);
+    let action = submit(&client, "restart", &a.env, input).await?;
     finish_mutation(&client, action, a.wait.wait, a.client.output).await
 }
 
