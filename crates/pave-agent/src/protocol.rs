@@ -27,6 +27,7 @@ pub const CAPABILITIES: &[&str] = &[
     "prune_workload",
     "exec_workload",
     "workload_logs",
+    "follow_workload_logs",
     "restore_workload",
 ];
 
@@ -229,6 +230,17 @@ pub enum CommandPayload {
         key: WorkloadKey,
         /// Program and arguments.
         command: Vec<String>,
+    },
+    /// The last lines of a workload's output, then each new line as a `log`
+    /// message, until cancelled or the replicas are gone.
+    FollowWorkloadLogs {
+        /// The workload.
+        key: WorkloadKey,
+        /// One replica, or every replica of the current revision.
+        #[serde(default)]
+        replica: Option<u32>,
+        /// How many earlier lines first.
+        tail: usize,
     },
     /// The last lines of a workload's output. Output: `{"lines": [...]}`.
     WorkloadLogs {

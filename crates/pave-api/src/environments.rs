@@ -451,6 +451,9 @@ pub struct WorkloadLogsQuery {
     pub replica: Option<u32>,
     /// How many lines (default 100).
     pub tail: Option<usize>,
+    /// Keep the response open and send each new line as it is written
+    /// (`text/plain`, one line each), until the replicas are gone.
+    pub follow: Option<bool>,
 }
 
 /// The last lines of a workload's output.
@@ -462,12 +465,36 @@ pub(crate) async fn workload_logs(
     State(state): State<AppState>,
     Path((name, workload)): Path<(String, String)>,
     crate::error::Query(q): crate::error::Query<WorkloadLogsQuery>,
-) -> Result<Json<Vec<String>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     load_workload(&state, &name, &workload).await?;
-    state
+    let tail = q.tail.unwrap_or(100).min(10_000);
+    let agent_failed = |e| ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", e);
+    if q.follow != Some(true) {
+        let lines = state
+            .engine
+            .workload_logs(&name, &workload, q.replica, tail)
+            .await
+            .map_err(agent_failed)?;
+        return Ok(Json(lines).into_response());
+    }
+    let follow = state
         .engine
-        .workload_logs(&name, &workload, q.replica, q.tail.unwrap_or(100).min(10_000))
+        .follow_workload_logs(&name, &workload, q.replica, tail)
         .await
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", e))
+        .map_err(agent_failed)?;
+    // The stream owns the follow: when the client goes, it is dropped and
+    // the agent stops reading.
+    let lines = futures::stream::unfold(follow, |mut f| async move {
+        match f.next_line().await {
+            Ok(Some(line)) => Some((Ok::<_, std::convert::Infallible>(format!("{line}\n")), f)),
+            Ok(None) => None,
+            Err(e) => Some((Ok(format!("pave: following stopped: {e}\n")), f)),
+        }
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
 }

@@ -17,3 +17,4 @@ pub use engine::{Engine, EngineConfig, Submission};
 pub use error::EngineError;
 pub use expand::BUILTIN_ENVIRONMENT;
 pub use policy::{AllowAll, Decision, Policy, PolicyInput};
+pub use workloads::LogFollow;

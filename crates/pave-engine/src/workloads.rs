@@ -746,6 +746,26 @@ impl Engine {
     /// Sends one read-only command (status, logs) to the agent of `env`'s
     /// target and returns how it ended.
     pub async fn query_agent(&self, env: &str, payload: CommandPayload) -> Result<Outcome, String> {
+        let (hub, id, mut rx) = self.send_query(env, payload).await?;
+        let target = &hub.target;
+        let hub = &hub.hub;
+        let outcome = loop {
+            match rx.recv().await {
+                Some(FromAgent::Result { outcome, .. }) => break Ok(outcome),
+                Some(_) => continue,
+                None => break Err(format!("the agent of target `{target}` went away")),
+            }
+        };
+        hub.ack(&id).await;
+        outcome
+    }
+
+    /// Sends a command that belongs to no action to the agent of `env`'s target.
+    async fn send_query(
+        &self,
+        env: &str,
+        payload: CommandPayload,
+    ) -> Result<(TargetHub, String, tokio::sync::mpsc::UnboundedReceiver<FromAgent>), String> {
         let target = self
             .target_of(env)
             .await
@@ -764,15 +784,64 @@ impl Engine {
             payload,
         };
         let id = cmd.id.clone();
-        let mut rx = hub.dispatch(cmd).await?;
-        let outcome = loop {
-            match rx.recv().await {
-                Some(FromAgent::Result { outcome, .. }) => break Ok(outcome),
+        let rx = hub.dispatch(cmd).await?;
+        Ok((TargetHub { hub, target }, id, rx))
+    }
+
+    /// Follows a workload's output: the last `tail` lines, then each new one.
+    /// Dropping the returned stream stops the agent's command.
+    pub async fn follow_workload_logs(
+        &self,
+        env: &str,
+        name: &str,
+        replica: Option<u32>,
+        tail: usize,
+    ) -> Result<LogFollow, String> {
+        let key = WorkloadKey::new(env, name);
+        let (hub, id, rx) = self
+            .send_query(env, CommandPayload::FollowWorkloadLogs { key, replica, tail })
+            .await?;
+        Ok(LogFollow { hub: hub.hub, id, rx })
+    }
+}
+
+struct TargetHub {
+    hub: crate::AgentHub,
+    target: String,
+}
+
+/// A followed workload log; see [`Engine::follow_workload_logs`].
+pub struct LogFollow {
+    hub: crate::AgentHub,
+    id: String,
+    rx: tokio::sync::mpsc::UnboundedReceiver<FromAgent>,
+}
+
+impl LogFollow {
+    /// The next line, `Ok(None)` when the followed replicas are gone.
+    pub async fn next_line(&mut self) -> Result<Option<String>, String> {
+        loop {
+            match self.rx.recv().await {
+                Some(FromAgent::Log { line, .. }) => return Ok(Some(line)),
+                Some(FromAgent::Result {
+                    outcome: Outcome::Failed { message, .. },
+                    ..
+                }) => return Err(message),
+                Some(FromAgent::Result { .. }) | None => return Ok(None),
                 Some(_) => continue,
-                None => break Err(format!("the agent of target `{target}` went away")),
             }
-        };
-        hub.ack(&id).await;
-        outcome
+        }
+    }
+}
+
+impl Drop for LogFollow {
+    fn drop(&mut self) {
+        let (hub, id) = (self.hub.clone(), std::mem::take(&mut self.id));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                hub.cancel(&id).await;
+                hub.ack(&id).await;
+            });
+        }
     }
 }

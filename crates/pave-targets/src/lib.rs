@@ -235,6 +235,16 @@ pub trait Target: Send + Sync {
         tail: usize,
     ) -> Result<Vec<String>, TargetError>;
 
+    /// Like [`Target::logs`], then every new line as it is written, until the
+    /// followed replicas are gone or `out` is closed (`kubectl logs -f`).
+    async fn follow_logs(
+        &self,
+        key: &WorkloadKey,
+        replica: Option<u32>,
+        tail: usize,
+        out: tokio::sync::mpsc::Sender<String>,
+    ) -> Result<(), TargetError>;
+
     /// Runs a command in the workload's directory and environment (of a current
     /// replica), streams `(stream, line)` pairs (`"stdout"`/`"stderr"`) through
     /// `out`, returns the exit code (128 + signal when killed by a signal).

@@ -395,6 +395,41 @@ async fn logs_hold_the_listening_line() {
     assert!(f.target.logs(&f.key, Some(7), 10).await.is_err());
 }
 
+#[tokio::test]
+async fn followed_logs_show_the_tail_then_each_new_line_until_the_replica_goes() {
+    let f = Fixture::new("follow");
+    let mut spec = f.spec(&[]);
+    spec.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo first; i=0; while true; do i=$((i+1)); echo tick $i; echo warn $i >&2; sleep 0.1; done".into(),
+    ];
+    spec.port = false;
+    spec.readiness = None;
+    f.target.apply(&f.key, &spec).await.unwrap();
+    f.wait_for("running", Duration::from_secs(10), all_ready(1)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let target = f.target.clone();
+    let key = f.key.clone();
+    let follow = tokio::spawn(async move { target.follow_logs(&key, None, 100, tx).await });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l == "tick 5") || !lines.iter().any(|l| l == "warn 5") {
+        let next = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        match next {
+            Ok(Some(l)) => lines.push(l),
+            other => panic!("follow stopped early ({other:?}) after {lines:?}"),
+        }
+    }
+    assert_eq!(lines[0], "first", "the tail comes first: {lines:?}");
+    // Each line once, in order, stdout and stderr alike.
+    let ticks: Vec<&String> = lines.iter().filter(|l| l.starts_with("tick")).collect();
+    assert!(ticks.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
+    // Removing the replica ends the follow.
+    f.target.prune(&f.key, None).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), follow).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
 /// Helper run in a child process by `replicas_outlive_the_process_that_started_them`.
 #[tokio::test]
 #[ignore = "helper: run by another test in a child process"]

@@ -56,6 +56,9 @@ pub async fn execute(
             }
         }
         CommandPayload::ExecWorkload { key, command } => exec(target, cmd, key, command, out).await,
+        CommandPayload::FollowWorkloadLogs { key, replica, tail } => {
+            follow_logs(target, cmd, key, *replica, *tail, out, token).await
+        }
         CommandPayload::AwaitWorkload {
             key,
             revision,
@@ -118,6 +121,45 @@ async fn exec(
             output: json!({ "exit_code": exit_code }),
         },
         Err(e) => failed("exec_failed", e.to_string()),
+    }
+}
+
+async fn follow_logs(
+    target: &dyn Target,
+    cmd: &Command,
+    key: &WorkloadKey,
+    replica: Option<u32>,
+    tail: usize,
+    out: &mpsc::Sender<FromAgent>,
+    token: CancellationToken,
+) -> Outcome {
+    let (tx, mut rx) = mpsc::channel::<String>(256);
+    let forward = {
+        let out = out.clone();
+        let id = cmd.id.clone();
+        async move {
+            while let Some(line) = rx.recv().await {
+                let log = FromAgent::Log {
+                    command_id: id.clone(),
+                    stream: LogStream::Stdout,
+                    line,
+                };
+                if out.send(log).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    let follow = async {
+        tokio::select! {
+            r = target.follow_logs(key, replica, tail, tx) => Some(r),
+            _ = token.cancelled() => None,
+        }
+    };
+    match tokio::join!(follow, forward).0 {
+        Some(Ok(())) => Outcome::Succeeded { output: Value::Null },
+        Some(Err(e)) => failed("logs_failed", e.to_string()),
+        None => Outcome::Cancelled { output: Value::Null },
     }
 }
 

@@ -260,6 +260,32 @@ impl LocalTarget {
     }
 
     /// Stops replicas (SIGTERM to their shims, then SIGKILL) and removes their directories.
+    /// The replicas whose output `logs` shows: one, or every replica of the
+    /// current revision.
+    fn log_replicas(&self, key: &WorkloadKey, replica: Option<u32>) -> Result<Vec<ReplicaDir>, TargetError> {
+        let wdir = self.workload_dir(key)?;
+        let desired: Option<WorkloadSpec> = read_json(&wdir.join(DESIRED_FILE));
+        let all = Self::replica_dirs(&wdir);
+        if all.is_empty() {
+            return Err(TargetError::NotFound(format!("workload {key} has no replicas")));
+        }
+        let current = desired
+            .map(|d| d.revision)
+            .filter(|rev| all.iter().any(|r| r.revision == *rev))
+            .unwrap_or_else(|| all.iter().map(|r| r.revision).max().unwrap_or(0));
+        let chosen: Vec<ReplicaDir> = all
+            .into_iter()
+            .filter(|r| r.revision == current && replica.is_none_or(|i| r.index == i))
+            .collect();
+        if chosen.is_empty() {
+            return Err(TargetError::NotFound(format!(
+                "workload {key} has no replica {} in revision {current}",
+                replica.unwrap_or(0)
+            )));
+        }
+        Ok(chosen)
+    }
+
     async fn stop_replicas(&self, replicas: &[ReplicaDir]) -> Result<(), TargetError> {
         let observed: Vec<(ReplicaDir, Observed)> = replicas
             .iter()
@@ -579,6 +605,51 @@ fn tail_lines(path: &Path, n: usize, out: &mut Vec<String>) {
     out.extend(lines.into_iter().skip(skip));
 }
 
+/// How often a followed log is read again.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// A log file being followed: how much of it was read.
+struct FollowedFile {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl FollowedFile {
+    /// The complete lines written since the last read.
+    fn read_new(&mut self) -> Vec<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return vec![];
+        };
+        let len = f.metadata().map_or(0, |m| m.len());
+        if len < self.offset {
+            // Rotated: the file starts again.
+            self.offset = 0;
+            self.partial.clear();
+        }
+        if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return vec![];
+        }
+        let mut buf = Vec::new();
+        if (&mut f).take(len - self.offset).read_to_end(&mut buf).is_err() {
+            return vec![];
+        }
+        self.offset += buf.len() as u64;
+        self.partial.extend_from_slice(&buf);
+        let mut lines = Vec::new();
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            lines.push(
+                String::from_utf8_lossy(&line)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            );
+        }
+        lines
+    }
+}
+
 async fn forward<R: AsyncRead + Unpin>(reader: R, stream: &'static str, out: mpsc::Sender<(String, String)>) {
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
@@ -681,33 +752,57 @@ impl Target for LocalTarget {
         replica: Option<u32>,
         tail: usize,
     ) -> Result<Vec<String>, TargetError> {
-        let wdir = self.workload_dir(key)?;
-        let desired: Option<WorkloadSpec> = read_json(&wdir.join(DESIRED_FILE));
-        let all = Self::replica_dirs(&wdir);
-        if all.is_empty() {
-            return Err(TargetError::NotFound(format!("workload {key} has no replicas")));
-        }
-        let current = desired
-            .map(|d| d.revision)
-            .filter(|rev| all.iter().any(|r| r.revision == *rev))
-            .unwrap_or_else(|| all.iter().map(|r| r.revision).max().unwrap_or(0));
-        let chosen: Vec<&ReplicaDir> = all
-            .iter()
-            .filter(|r| r.revision == current && replica.is_none_or(|i| r.index == i))
-            .collect();
-        if chosen.is_empty() {
-            return Err(TargetError::NotFound(format!(
-                "workload {key} has no replica {} in revision {current}",
-                replica.unwrap_or(0)
-            )));
-        }
+        let chosen = self.log_replicas(key, replica)?;
         let mut lines = Vec::new();
-        for r in chosen {
+        for r in &chosen {
             tail_lines(&r.dir.join(STDOUT_LOG), tail, &mut lines);
             tail_lines(&r.dir.join(STDERR_LOG), tail, &mut lines);
         }
         let skip = lines.len().saturating_sub(tail);
         Ok(lines.into_iter().skip(skip).collect())
+    }
+
+    async fn follow_logs(
+        &self,
+        key: &WorkloadKey,
+        replica: Option<u32>,
+        tail: usize,
+        out: mpsc::Sender<String>,
+    ) -> Result<(), TargetError> {
+        let chosen = self.log_replicas(key, replica)?;
+        // Where each file ends now: what follows is new.
+        let mut files: Vec<FollowedFile> = chosen
+            .iter()
+            .flat_map(|r| [r.dir.join(STDOUT_LOG), r.dir.join(STDERR_LOG)])
+            .map(|path| FollowedFile {
+                offset: std::fs::metadata(&path).map_or(0, |m| m.len()),
+                partial: Vec::new(),
+                path,
+            })
+            .collect();
+        for line in self.logs(key, replica, tail).await? {
+            if out.send(line).await.is_err() {
+                return Ok(());
+            }
+        }
+        let dirs: Vec<PathBuf> = chosen.into_iter().map(|r| r.dir).collect();
+        loop {
+            tokio::time::sleep(FOLLOW_POLL).await;
+            for f in &mut files {
+                for line in f.read_new() {
+                    if out.send(line).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            // A replica that was stopped (pruned, scaled down) ends its part.
+            if dirs.iter().all(|d| !d.exists()) {
+                return Ok(());
+            }
+            if out.is_closed() {
+                return Ok(());
+            }
+        }
     }
 
     async fn exec(

@@ -137,6 +137,9 @@ pub struct LogsArgs {
     /// How many lines.
     #[arg(long, default_value_t = 100)]
     pub tail: usize,
+    /// Keep printing new lines as they are written (Ctrl-C stops).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +295,19 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
     );
     if let Some(r) = a.replica {
         path.push_str(&format!("&replica={r}"));
+    }
+    if a.follow {
+        use futures::StreamExt;
+        use std::io::Write;
+        path.push_str("&follow=true");
+        let mut body = client.stream(&path).await?.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| anyhow::anyhow!("the log stream broke: {e}"))?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&chunk)?;
+            out.flush()?;
+        }
+        return Ok(exit::OK);
     }
     let lines: Vec<String> = client.get(&path).await?;
     if !output::structured(a.client.output, &lines)? {
