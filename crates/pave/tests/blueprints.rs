@@ -249,6 +249,45 @@ fn the_staging_environment_is_applied_operated_cloned_and_deleted() {
     for p in &serving {
         assert_eq!(http_status(*p, "/healthz", None), Some(200), "replica on {p}");
     }
+
+    // A blueprint that fails at its last piece: the action says what exists,
+    // and rolling it back removes what it created, in reverse order.
+    ok(&server.cli(&["env", "create", "payments-broken"]));
+    let out = server.cli(&[
+        "blueprint",
+        "apply",
+        "staging-environment",
+        "--env",
+        "payments-broken",
+        "--set",
+        "service=payments",
+        "--set",
+        "command=[\"false\"]",
+        "--set",
+        "replicas=1",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("succeeded   provision postgres payments-db"),
+        "{text}"
+    );
+    assert!(text.contains("failed      payments: wait until ready"), "{text}");
+    let id = server.cli_json(&["actions", "list", "--env", "payments-broken", "-o", "json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&server.cli(&["actions", "rollback", &id, "--wait"]));
+    let broken = status(&server, "payments-broken");
+    assert_eq!(broken["resources"], serde_json::json!([]), "{broken}");
+    assert_eq!(broken["workloads"], serde_json::json!([]), "{broken}");
+    assert!(
+        !resource_dirs(&data, "payments-broken"),
+        "the rollback left data behind"
+    );
+    ok(&server.cli(&["env", "delete", "payments-broken", "--wait"]));
+
     let out = server.cli(&["audit", "verify"]);
     ok(&out);
 }
