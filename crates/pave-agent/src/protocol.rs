@@ -200,6 +200,10 @@ pub enum CommandPayload {
         /// The revision to keep serving when this one does not become ready.
         #[serde(default)]
         fallback: Option<Box<WorkloadSpec>>,
+        /// Applied first (idempotent): a retried wait brings back the replicas
+        /// that a failed one retired.
+        #[serde(default)]
+        apply: Option<Box<WorkloadSpec>>,
     },
     /// Make `spec` the only revision of a workload again (undoing a rollout),
     /// or remove every replica when there is none.

@@ -567,12 +567,15 @@ async fn prepare_await(engine: &Engine, action_id: &str, spec: &Value) -> Result
     let secs = spec["ready_timeout_secs"]
         .as_u64()
         .unwrap_or(pave_core::plan::DEFAULT_READY_TIMEOUT_SECS);
+    let mut apply = resolved(engine, &key, &mine).await?;
+    apply.replicas = replicas;
     Ok(Prepared {
         payload: CommandPayload::AwaitWorkload {
             key,
             revision: mine.revision,
             timeout_ms: secs * 1000,
             fallback,
+            apply: Some(Box::new(apply)),
         },
         before: vec![],
     })

@@ -123,6 +123,9 @@ pub async fn follow(client: &Client, id: &str, opts: WatchOpts) -> anyhow::Resul
                     }
                     "action" => {
                         if let Ok(a) = serde_json::from_str::<Action>(&data) {
+                            if opts.logs && a.steps.len() > 1 {
+                                pb.suspend(|| print_finished_steps(last.as_ref(), &a));
+                            }
                             pb.set_message(progress_message(&a, started));
                             last = Some(a);
                         }
@@ -148,6 +151,33 @@ pub async fn follow(client: &Client, id: &str, opts: WatchOpts) -> anyhow::Resul
             pb.set_message(format!("{} · reconnecting…", progress_message(a, started)));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One line per step that ended since `before`, so that an action of several
+/// steps reads as it goes, on a terminal or not.
+fn print_finished_steps(before: Option<&Action>, now: &Action) {
+    for st in &now.steps {
+        let was = before
+            .and_then(|b| b.steps.iter().find(|x| x.idx == st.idx))
+            .map(|x| x.state);
+        let ended = !matches!(
+            st.state,
+            StepState::Pending | StepState::Running | StepState::Compensating
+        );
+        if !ended || was == Some(st.state) {
+            continue;
+        }
+        let mark = match st.state {
+            StepState::Succeeded | StepState::Compensated => "✓",
+            StepState::Skipped => "-",
+            _ => "✗",
+        };
+        let took = match (st.started_at, st.finished_at) {
+            (Some(a), Some(b)) => format!(" ({})", output::duration(b - a)),
+            _ => String::new(),
+        };
+        let _ = writeln!(std::io::stderr(), "  {mark} {} {}{took}", st.name, st.state);
     }
 }
 
@@ -178,12 +208,6 @@ pub fn summary(a: &Action) {
                     eprintln!("  step:  {step}");
                 }
                 eprintln!("  error: {} ({})", e.message, e.code);
-                // With several steps, what was done before the failure is what exists now.
-                if a.steps.len() > 1 {
-                    for st in &a.steps {
-                        eprintln!("  {:<11} {}", st.state.to_string(), st.name);
-                    }
-                }
                 for n in &e.next {
                     eprintln!("  next:  {n}");
                 }

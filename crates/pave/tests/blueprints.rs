@@ -270,10 +270,11 @@ fn the_staging_environment_is_applied_operated_cloned_and_deleted() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let text = stderr(&out);
     assert!(
-        text.contains("succeeded   provision postgres payments-db"),
+        text.contains("✓ provision postgres payments-db succeeded"),
         "{text}"
     );
-    assert!(text.contains("failed      payments: wait until ready"), "{text}");
+    assert!(text.contains("✗ payments: wait until ready failed"), "{text}");
+    assert!(text.contains("wrote nothing to stdout or stderr"), "{text}");
     let id = server.cli_json(&["actions", "list", "--env", "payments-broken", "-o", "json"])[0]["id"]
         .as_str()
         .unwrap()

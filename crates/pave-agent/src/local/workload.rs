@@ -64,7 +64,15 @@ pub async fn execute(
             revision,
             timeout_ms,
             fallback,
-        } => await_ready(target, key, *revision, *timeout_ms, fallback.as_deref(), token).await,
+            apply,
+        } => {
+            if let Some(spec) = apply {
+                if let Err(e) = target.apply(key, spec).await {
+                    return Some(failed("workload_failed", e.to_string()));
+                }
+            }
+            await_ready(target, key, *revision, *timeout_ms, fallback.as_deref(), token).await
+        }
         _ => return None,
     };
     Some(outcome)
@@ -205,8 +213,13 @@ async fn not_ready_report(
     let mut text = parts.join("; ");
     if let Some(index) = first_bad {
         if let Ok(lines) = target.logs(key, Some(index), 5).await {
-            if !lines.is_empty() {
-                text.push_str(&format!("; output tail: {}", lines.join(" | ")));
+            if lines.is_empty() {
+                text.push_str(&format!("; replica {index} wrote nothing to stdout or stderr"));
+            } else {
+                text.push_str(&format!(
+                    "; output tail of replica {index}: {}",
+                    lines.join(" | ")
+                ));
             }
         }
     }
