@@ -49,7 +49,7 @@ pub(crate) async fn create(
             kind: body.kind,
             env: body.env.unwrap_or_else(|| "local".to_string()),
             input: body.input,
-            actor: actor.name().to_string(),
+            principal: actor.principal.clone(),
             idempotency_key,
         })
         .await?;
@@ -66,6 +66,7 @@ pub(crate) async fn create(
     responses((status = 200, body = ActionPage), (status = 400), (status = 401)), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Query(q): Query<ListActions>,
 ) -> Result<Json<ActionPage>, ApiError> {
     let limit = q.limit.unwrap_or(50);
@@ -97,6 +98,9 @@ pub(crate) async fn list(
     } else {
         None
     };
+    // Only the environments the caller has a role in; the cursor stays that of
+    // the page read, so a page may hold fewer items and the next one follows.
+    items.retain(|a| actor.principal.sees(&a.env));
     Ok(Json(ActionPage { items, next_cursor }))
 }
 
@@ -166,7 +170,7 @@ pub(crate) async fn retry(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Json<Action>, ApiError> {
-    Ok(Json(state.engine.retry(&id, actor.name()).await?))
+    Ok(Json(state.engine.retry(&id, &actor.principal).await?))
 }
 
 /// Cancels an action (stops its running command).
@@ -177,7 +181,7 @@ pub(crate) async fn cancel(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Json<Action>, ApiError> {
-    Ok(Json(state.engine.cancel(&id, actor.name()).await?))
+    Ok(Json(state.engine.cancel(&id, &actor.principal).await?))
 }
 
 /// Rolls an action back: runs its finished steps' compensations in reverse.
@@ -188,5 +192,5 @@ pub(crate) async fn rollback(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Json<Action>, ApiError> {
-    Ok(Json(state.engine.rollback(&id, actor.name()).await?))
+    Ok(Json(state.engine.rollback(&id, &actor.principal).await?))
 }

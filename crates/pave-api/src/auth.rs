@@ -19,6 +19,8 @@ pub struct Actor {
     pub token_id: String,
     /// The token's name.
     pub token_name: String,
+    /// Their teams and roles.
+    pub principal: pave_core::rbac::Principal,
 }
 
 impl Actor {
@@ -61,7 +63,9 @@ pub(crate) async fn require_token(
     if record.expires_at.is_some_and(|t| t <= now_ms()) {
         return Err(ApiError::unauthorized("token has expired"));
     }
+    let principal = state.engine.principal(&record.subject).await?;
     req.extensions_mut().insert(Actor {
+        principal,
         subject: record.subject,
         token_id: record.id,
         token_name: record.name,

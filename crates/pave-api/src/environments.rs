@@ -123,9 +123,17 @@ pub(crate) async fn create(
 /// Lists environments.
 #[utoipa::path(get, path = "/api/v1/environments",
     responses((status = 200, body = Vec<EnvironmentDto>), (status = 401)), security(("bearer" = [])))]
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Vec<EnvironmentDto>>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Vec<EnvironmentDto>>, ApiError> {
     let envs = state.engine.store().list_environments().await?;
-    Ok(Json(envs.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        envs.into_iter()
+            .filter(|e| actor.principal.sees(&e.name))
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 /// One environment.
@@ -194,7 +202,7 @@ pub(crate) async fn delete(
             kind: "env.delete".into(),
             env: name,
             input: json!({}),
-            actor: actor.name().to_string(),
+            principal: actor.principal.clone(),
             idempotency_key: None,
         })
         .await?;
@@ -252,7 +260,7 @@ pub(crate) async fn clone(
             kind: "env.clone".into(),
             env: env.name.clone(),
             input: json!({ "source": source }),
-            actor: actor.name().to_string(),
+            principal: actor.principal.clone(),
             idempotency_key: None,
         })
         .await;
@@ -446,6 +454,7 @@ pub(crate) async fn workload(
 
 /// Query of the workload log endpoint.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct WorkloadLogsQuery {
     /// One replica (default: every replica of the current revision).
     pub replica: Option<u32>,

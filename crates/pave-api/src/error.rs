@@ -36,6 +36,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -65,6 +70,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            EngineError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::IdempotencyMismatch(_) => (StatusCode::CONFLICT, "idempotency_mismatch"),
             EngineError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),

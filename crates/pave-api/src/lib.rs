@@ -2,6 +2,7 @@
 //! authentication on everything but health, live progress over SSE, and an
 //! OpenAPI document generated from the handlers.
 
+mod access;
 mod actions;
 mod audit;
 mod auth;
@@ -12,6 +13,7 @@ mod error;
 mod events;
 mod health;
 mod openapi;
+mod people;
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use axum::{middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pave_engine::Engine;
 
+pub use access::{Access, TABLE as ACCESS_TABLE};
 pub use auth::{hash_token, Actor};
 pub use error::ApiError;
 
@@ -76,6 +79,21 @@ pub fn router(state: AppState) -> Router {
             "/environments/{name}/workloads/{workload}/logs",
             get(environments::workload_logs),
         )
+        .route("/users", get(people::list_users).post(people::create_user))
+        .route("/teams", get(people::list_teams).post(people::create_team))
+        .route("/teams/{name}/members", post(people::add_member))
+        .route(
+            "/teams/{name}/members/{user}",
+            axum::routing::delete(people::remove_member),
+        )
+        .route("/tokens", get(people::list_tokens).post(people::create_token))
+        .route("/tokens/{id}/revoke", post(people::revoke_token))
+        .route(
+            "/role-bindings",
+            get(people::list_bindings)
+                .post(people::bind)
+                .delete(people::unbind),
+        )
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/whoami", get(auth::whoami))
@@ -84,6 +102,7 @@ pub fn router(state: AppState) -> Router {
     let authed = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), access::authorize))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .merge(authed)

@@ -31,10 +31,16 @@ impl Modify for BearerAuth {
         crate::environments::resources, crate::environments::resource,
         crate::environments::workloads, crate::environments::workload, crate::environments::workload_logs,
         crate::audit::verify, crate::auth::whoami,
+        crate::people::list_users, crate::people::create_user, crate::people::list_teams,
+        crate::people::create_team, crate::people::add_member, crate::people::remove_member,
+        crate::people::list_tokens, crate::people::create_token, crate::people::revoke_token,
+        crate::people::list_bindings, crate::people::bind, crate::people::unbind,
     ),
     components(schemas(crate::environments::EnvironmentDto, crate::environments::CreateEnvironment,
         crate::environments::UpdateEnvironment, crate::environments::WorkloadDto,
-        crate::environments::CloneEnvironment, crate::environments::EnvironmentStatus, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+        crate::environments::CloneEnvironment, crate::environments::EnvironmentStatus,
+        crate::people::NewName, crate::people::UserDto, crate::people::NewMember, crate::people::TokenDto,
+        crate::people::NewToken, crate::people::BindingRequest, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

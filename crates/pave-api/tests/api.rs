@@ -26,7 +26,7 @@ async fn token(engine: &Engine, secret: &str, expires_at: Option<i64>, revoked_a
         .write(vec![WriteOp::InsertToken(TokenRecord {
             id: pave_core::ids::new_id(),
             name: secret.into(),
-            subject: "tester".into(),
+            subject: "admin".into(),
             hash: pave_api::hash_token(secret),
             created_at: now_ms(),
             expires_at,
@@ -619,4 +619,167 @@ async fn blueprints_are_registered_versioned_and_applied_with_checked_parameters
         .await;
     assert_eq!(s, 201);
     api.wait_state(a["id"].as_str().unwrap(), &["succeeded"]).await;
+}
+
+/// The role table as docs/api.md shows it.
+fn access_table_markdown() -> String {
+    let mut out = String::from("| Method | Route | Needs |\n|---|---|---|\n");
+    for (method, route, access) in pave_api::ACCESS_TABLE {
+        let needs = match access {
+            pave_api::Access::Authenticated => "any valid token".to_string(),
+            pave_api::Access::Env(r) => format!("{r} in the environment"),
+            pave_api::Access::ActionEnv(r) => format!("{r} in the action's environment"),
+            pave_api::Access::Global(r) => format!("{r} in every environment"),
+            pave_api::Access::Engine => "by action kind (see below)".to_string(),
+        };
+        out.push_str(&format!("| {method} | `{route}` | {needs} |\n"));
+    }
+    out
+}
+
+#[test]
+fn the_docs_show_the_access_table_as_the_code_has_it() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md")).unwrap();
+    let table = access_table_markdown();
+    assert!(
+        docs.contains(&table),
+        "docs/api.md must contain this table:\n{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_checks_the_role_its_rule_names() {
+    use pave_api::Access;
+    use pave_core::rbac::Role;
+    let api = start().await;
+    // Every route of the API has a rule.
+    let (_, doc) = api.get("/api/v1/openapi.json").await;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let m = method.to_uppercase();
+            assert!(
+                pave_api::ACCESS_TABLE
+                    .iter()
+                    .any(|(tm, tr, _)| *tm == m && tr == path),
+                "{m} {path} has no access rule"
+            );
+        }
+    }
+
+    let env = "rbac-env";
+    let (s, _) = api.post("/api/v1/environments", json!({"name": env})).await;
+    assert_eq!(s, 201);
+    let done = api
+        .post("/api/v1/actions", json!({"kind": "noop", "env": env}))
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.wait_state(&done, &["succeeded"]).await;
+    // Keeps the environment busy, so that an allowed delete answers 409, not 202.
+    let busy = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "env": env, "input": {"command": ["sleep", "30"]}}),
+        )
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // (user, role, in env or everywhere)
+    let people: [(&str, Option<Role>, bool); 5] = [
+        ("r-none", None, false),
+        ("r-viewer", Some(Role::Viewer), false),
+        ("r-developer", Some(Role::Developer), false),
+        ("r-operator", Some(Role::Operator), false),
+        ("r-admin", Some(Role::Admin), true),
+    ];
+    let mut tokens = Vec::new();
+    for (user, role, global) in people {
+        let (s, _) = api.post("/api/v1/users", json!({"name": user})).await;
+        assert_eq!(s, 201);
+        if let Some(r) = role {
+            let mut b = json!({"user": user, "role": r.as_str()});
+            if !global {
+                b["env"] = json!(env);
+            }
+            let (s, b) = api.post("/api/v1/role-bindings", b).await;
+            assert_eq!(s, 201, "{b}");
+        }
+        let (s, t) = api.post("/api/v1/tokens", json!({"user": user})).await;
+        assert_eq!(s, 201, "{t}");
+        tokens.push((user, role, global, t["token"].as_str().unwrap().to_string()));
+    }
+
+    let fill = |route: &str| {
+        route
+            .replace("{name}", env)
+            .replace("{id}", &done)
+            .replace("{resource}", "nothing")
+            .replace("{workload}", "nothing")
+            .replace("{user}", "nobody")
+    };
+    // Bodies that pass the gate and then fail validation, so that the walk changes nothing.
+    let body = |method: &str, route: &str| -> Option<Value> {
+        match (method, route) {
+            ("POST", "/api/v1/actions") => Some(json!({"kind": "job", "env": env, "input": {"command": 5}})),
+            ("POST", "/api/v1/environments") => Some(json!({"name": "Not A Name"})),
+            ("PATCH", _) => Some(json!({"labels": {"not a key!": "x"}})),
+            ("POST", r) if r.ends_with("/clone") => Some(json!({"name": "Not A Name"})),
+            ("POST", "/api/v1/users") | ("POST", "/api/v1/teams") => Some(json!({"name": "Not A Name"})),
+            ("POST", r) if r.ends_with("/members") => Some(json!({"user": "nobody"})),
+            ("POST", "/api/v1/tokens") => Some(json!({"user": "nobody"})),
+            ("POST", "/api/v1/role-bindings") => Some(json!({})),
+            ("POST", "/api/v1/blueprints") => Some(json!({})),
+            ("POST", _) => Some(json!({})),
+            _ => None,
+        }
+    };
+    for (method, route, access) in pave_api::ACCESS_TABLE {
+        for (user, role, global, token) in &tokens {
+            let in_env = |need: Role| role.is_some_and(|r| r >= need);
+            let allowed = match access {
+                Access::Authenticated => true,
+                Access::Env(need) | Access::ActionEnv(need) => in_env(*need),
+                Access::Global(need) => *global && in_env(*need),
+                Access::Engine => match (*method, *route) {
+                    ("POST", "/api/v1/actions") => in_env(Role::Developer),
+                    // Steering somebody else's action, deleting an environment.
+                    _ => in_env(Role::Operator),
+                },
+            };
+            let path = fill(route);
+            let mut req = api
+                .http
+                .request(method.parse().unwrap(), format!("{}{path}", api.base))
+                .bearer_auth(token);
+            if let Some(b) = body(method, route) {
+                req = req.json(&b);
+            }
+            let status = req.send().await.unwrap().status();
+            if allowed {
+                assert_ne!(status, 403, "{user} was refused {method} {route}");
+                assert_ne!(status, 401, "{user} was refused {method} {route}");
+            } else {
+                assert_eq!(status, 403, "{user} got {status} for {method} {route}");
+            }
+        }
+    }
+    // Lists show only what the caller may see.
+    let viewer_none = &tokens[0].3;
+    let r = api
+        .http
+        .get(format!("{}/api/v1/environments", api.base))
+        .bearer_auth(viewer_none)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([]));
+    let (s, _) = api
+        .post(&format!("/api/v1/actions/{busy}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 200);
 }

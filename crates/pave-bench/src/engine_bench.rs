@@ -132,7 +132,7 @@ async fn drive(
                         kind: "noop".into(),
                         env: "local".into(),
                         input: serde_json::json!({}),
-                        actor: "bench".into(),
+                        principal: pave_core::rbac::Principal::builtin_admin(),
                         idempotency_key: None,
                     })
                     .await

@@ -175,7 +175,7 @@ impl Pave {
                 kind: kind.into(),
                 env: "local".into(),
                 input,
-                actor: "bench".into(),
+                principal: pave_core::rbac::Principal::builtin_admin(),
                 idempotency_key: None,
             })
             .await

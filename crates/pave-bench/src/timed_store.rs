@@ -248,6 +248,22 @@ impl Store for TimedStore {
         self.read(self.inner.list_blueprints()).await
     }
 
+    async fn list_users(&self) -> Result<Vec<pave_store::UserRecord>> {
+        self.read(self.inner.list_users()).await
+    }
+
+    async fn list_teams(&self) -> Result<Vec<pave_store::TeamRecord>> {
+        self.read(self.inner.list_teams()).await
+    }
+
+    async fn list_bindings(&self) -> Result<Vec<pave_core::rbac::Binding>> {
+        self.read(self.inner.list_bindings()).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<pave_store::TokenRecord>> {
+        self.read(self.inner.list_tokens()).await
+    }
+
     async fn count_unfinished_actions(&self, env: &str) -> Result<i64> {
         self.read(self.inner.count_unfinished_actions(env)).await
     }

@@ -6,6 +6,9 @@ pub enum CoreError {
     /// The input of an action does not satisfy its kind's schema.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The caller's roles do not allow the request.
+    #[error("{0}")]
+    Forbidden(String),
     /// The action kind is not one pave knows.
     #[error("unknown action kind `{0}`")]
     UnknownKind(String),

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod job;
 pub mod names;
 pub mod plan;
+pub mod rbac;
 pub mod resource;
 pub mod time;
 pub mod vault;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pave_core::action::{ActionError, ActionState, StepState};
 use pave_core::time::now_ms;
-use pave_core::{ids, plan, Action, AuditDraft};
+use pave_core::{ids, plan, rbac, Action, AuditDraft};
 use pave_store::{ActionUpdate, Batcher, DynStore, OpResult, StepUpdate, StoreError, WriteOp};
 use serde_json::json;
 use tokio::sync::{broadcast, Notify, Semaphore};
@@ -60,8 +60,8 @@ pub struct Submission {
     pub env: String,
     /// Input for the kind.
     pub input: serde_json::Value,
-    /// Who asks.
-    pub actor: String,
+    /// Who asks, with their roles.
+    pub principal: pave_core::rbac::Principal,
     /// The client's idempotency key.
     pub idempotency_key: Option<String>,
 }
@@ -88,6 +88,15 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// Refuses to steer an action the caller may not (see [`rbac::Principal::may_steer`]).
+fn check_steer(who: &rbac::Principal, action: &Action, verb: &str) -> Result<(), EngineError> {
+    if who.may_steer(&action.actor, &action.kind, &action.env) {
+        return Ok(());
+    }
+    let what = format!("{verb} action {} of {}", action.id, action.actor);
+    Err(rbac::forbidden(who, rbac::Role::Operator, Some(&action.env), &what).into())
 }
 
 fn audit(actor: &str, verb: &str, id: &str, summary: String, details: serde_json::Value) -> WriteOp {
@@ -153,6 +162,16 @@ impl Engine {
             .get_environment(&sub.env)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("environment `{}`", sub.env)))?;
+        let needs = rbac::role_to_request(&sub.kind);
+        if !sub.principal.has(needs, &env.name) {
+            return Err(rbac::forbidden(
+                &sub.principal,
+                needs,
+                Some(&env.name),
+                &format!("request {}", sub.kind),
+            )
+            .into());
+        }
         self.check_not_deleting(&env.name).await?;
         let id = ids::new_id();
         let planned = if plan::EXPANDED_KINDS.contains(&sub.kind.as_str()) {
@@ -160,8 +179,9 @@ impl Engine {
         } else {
             plan::plan(&sub.kind, &id, &env.name, sub.input)?
         };
+        let actor = sub.principal.user.clone();
         let decision = self.inner.policy.evaluate(&PolicyInput {
-            actor: &sub.actor,
+            actor: &actor,
             kind: &sub.kind,
             env: &env.name,
             env_labels: &env.labels,
@@ -186,7 +206,7 @@ impl Engine {
             kind: sub.kind.clone(),
             env: env.name.clone(),
             object: planned.object,
-            actor: sub.actor.clone(),
+            actor: actor.clone(),
             input: planned.input,
             state,
             attempt: 1,
@@ -201,7 +221,7 @@ impl Engine {
         let ops = vec![
             WriteOp::InsertAction(Box::new(action.clone())),
             audit(
-                &sub.actor,
+                &actor,
                 "action.create",
                 &id,
                 format!("{} requested in {}", sub.kind, env.name),
@@ -263,12 +283,14 @@ impl Engine {
     }
 
     /// Queues a failed or cancelled action again, from its first unfinished step.
-    pub async fn retry(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
+    pub async fn retry(&self, id: &str, who: &rbac::Principal) -> Result<Action, EngineError> {
+        let actor = who.user.as_str();
         let action = self.load_runnable(id).await?;
+        check_steer(who, &action, "retry")?;
         action.state.check("retry", ActionState::RETRYABLE)?;
         if action.error.as_ref().is_some_and(|e| e.code == "rollback_failed") {
             // What failed was the rollback: retrying means rolling back again.
-            return self.rollback(id, actor).await;
+            return self.rollback(id, who).await;
         }
         let mut ops = vec![WriteOp::UpdateAction {
             id: id.to_string(),
@@ -313,8 +335,10 @@ impl Engine {
 
     /// Cancels an action: at once if it has not started, else by stopping its
     /// running step.
-    pub async fn cancel(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
+    pub async fn cancel(&self, id: &str, who: &rbac::Principal) -> Result<Action, EngineError> {
+        let actor = who.user.as_str();
         let action = self.load(id).await?;
+        check_steer(who, &action, "cancel")?;
         action.state.check("cancel", ActionState::CANCELLABLE)?;
         let not_started = vec![
             ActionState::Requested,
@@ -380,8 +404,10 @@ impl Engine {
     }
 
     /// Undoes what an action did: its finished steps' compensations, last first.
-    pub async fn rollback(&self, id: &str, actor: &str) -> Result<Action, EngineError> {
+    pub async fn rollback(&self, id: &str, who: &rbac::Principal) -> Result<Action, EngineError> {
+        let actor = who.user.as_str();
         let action = self.load_runnable(id).await?;
+        check_steer(who, &action, "roll back")?;
         action.state.check("roll back", ActionState::ROLLBACKABLE)?;
         if !action.compensable_steps().any(|s| !s.compensation.is_null()) {
             return Err(EngineError::Conflict(format!(

@@ -8,6 +8,9 @@ pub enum EngineError {
     /// The request is invalid (unknown kind, bad input).
     #[error(transparent)]
     Invalid(CoreError),
+    /// The caller's roles do not allow it.
+    #[error("{0}")]
+    Forbidden(String),
     /// The action or environment does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -31,6 +34,7 @@ impl From<CoreError> for EngineError {
             // Asking for a change the current state does not allow is a conflict
             // with that state, not an invalid request.
             CoreError::InvalidTransition { .. } => EngineError::Conflict(e.to_string()),
+            CoreError::Forbidden(m) => EngineError::Forbidden(m),
             other => EngineError::Invalid(other),
         }
     }
@@ -53,6 +57,7 @@ impl EngineError {
         match self {
             EngineError::Invalid(_) => "invalid",
             EngineError::NotFound(_) => "not_found",
+            EngineError::Forbidden(_) => "forbidden",
             EngineError::Conflict(_) => "conflict",
             EngineError::IdempotencyMismatch(_) => "idempotency_mismatch",
             EngineError::Store(_) => "store",

@@ -346,3 +346,35 @@ pub(crate) fn after(kind: &str, spec: &Value, outcome: &Outcome) -> Vec<WriteOp>
         }),
     ]
 }
+
+impl Engine {
+    /// A user with their teams and every binding that reaches them.
+    pub async fn principal(&self, user: &str) -> Result<pave_core::rbac::Principal, EngineError> {
+        use pave_core::rbac::{Principal, Subject};
+        let teams: Vec<String> = self
+            .inner
+            .store
+            .list_teams()
+            .await?
+            .into_iter()
+            .filter(|t| t.members.iter().any(|m| m == user))
+            .map(|t| t.name)
+            .collect();
+        let bindings = self
+            .inner
+            .store
+            .list_bindings()
+            .await?
+            .into_iter()
+            .filter(|b| match &b.subject {
+                Subject::User(u) => u == user,
+                Subject::Team(t) => teams.contains(t),
+            })
+            .collect();
+        Ok(Principal {
+            user: user.to_string(),
+            teams,
+            bindings,
+        })
+    }
+}

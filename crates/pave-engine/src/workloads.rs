@@ -141,7 +141,7 @@ async fn previous_serving(
 fn plan_error((code, message): PrepareError) -> crate::EngineError {
     match code.as_str() {
         "not_found" => crate::EngineError::NotFound(message),
-        "store_failed" => crate::EngineError::Conflict(message),
+        "store_failed" => crate::EngineError::Store(pave_store::StoreError::Corrupt(message)),
         _ => crate::EngineError::Conflict(message),
     }
 }
@@ -555,9 +555,10 @@ async fn prepare_apply(
 async fn prepare_await(engine: &Engine, action_id: &str, spec: &Value) -> Result<Prepared, PrepareError> {
     let key = key_of(spec)?;
     let (mine, replicas) = rolled_out(engine, &key, action_id, spec).await?;
-    // What serves now comes back if the new state does not become ready.
+    // What serves now comes back if the new state does not become ready (the
+    // same revision and count included: a failed wait must not remove it).
     let fallback = match serving(engine, &key).await? {
-        Some((cur, n)) if (cur.revision, n) != (mine.revision, replicas) => {
+        Some((cur, n)) => {
             let mut s = resolved(engine, &key, &cur).await?;
             s.replicas = n;
             Some(Box::new(s))

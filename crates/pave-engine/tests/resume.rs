@@ -120,7 +120,9 @@ async fn after_a_crash_an_idempotent_step_runs_again_and_a_non_idempotent_one_is
     assert_eq!(n.steps[0].attempt, 2);
 
     // Retrying the interrupted job runs it, once.
-    e.retry(&job, "t").await.unwrap();
+    e.retry(&job, &pave_core::rbac::Principal::builtin_admin())
+        .await
+        .unwrap();
     let j = wait_settled(&store, &job).await;
     assert_eq!(j.state, ActionState::Succeeded);
     assert!(marker.exists());
@@ -132,7 +134,7 @@ async fn after_a_crash_an_idempotent_step_runs_again_and_a_non_idempotent_one_is
             kind: "noop".into(),
             env: "local".into(),
             input: json!({}),
-            actor: "t".into(),
+            principal: pave_core::rbac::Principal::builtin_admin(),
             idempotency_key: None
         })
         .await,

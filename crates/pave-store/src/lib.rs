@@ -92,6 +92,18 @@ pub trait Store: Send + Sync + 'static {
     /// Blueprints registered through the API, by name and version.
     async fn list_blueprints(&self) -> Result<Vec<BlueprintRecord>>;
 
+    /// Users, by name.
+    async fn list_users(&self) -> Result<Vec<UserRecord>>;
+
+    /// Teams with their members, by name.
+    async fn list_teams(&self) -> Result<Vec<TeamRecord>>;
+
+    /// Every role binding.
+    async fn list_bindings(&self) -> Result<Vec<pave_core::rbac::Binding>>;
+
+    /// Tokens (never their secrets), newest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+
     /// One revision of a workload.
     async fn get_revision(&self, env: &str, name: &str, revision: i64) -> Result<Option<RevisionRecord>>;
 

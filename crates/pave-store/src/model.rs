@@ -108,6 +108,64 @@ pub enum WriteOp {
     },
     /// Stores a blueprint version; one that exists already is a conflict.
     InsertBlueprint(BlueprintRecord),
+    /// Creates a user; one of that name is a conflict.
+    InsertUser {
+        /// Name.
+        name: String,
+    },
+    /// Creates a team; one of that name is a conflict.
+    InsertTeam {
+        /// Name.
+        name: String,
+    },
+    /// Adds a user (who must exist) to a team (which must exist).
+    AddTeamMember {
+        /// Team.
+        team: String,
+        /// User.
+        user: String,
+    },
+    /// Removes a user from a team; not a member is not found.
+    RemoveTeamMember {
+        /// Team.
+        team: String,
+        /// User.
+        user: String,
+    },
+    /// Gives a role (replacing the subject's role in that environment).
+    PutBinding(pave_core::rbac::Binding),
+    /// Removes the subject's role in an environment; none is not found.
+    DeleteBinding {
+        /// Who.
+        subject: pave_core::rbac::Subject,
+        /// Where (None: the binding for every environment).
+        env: Option<String>,
+    },
+    /// Revokes a token now; an unknown or revoked one is not found.
+    RevokeToken {
+        /// Token id.
+        id: String,
+    },
+}
+
+/// A team and its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamRecord {
+    /// Name.
+    pub name: String,
+    /// Member user names.
+    pub members: Vec<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Name.
+    pub name: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
 }
 
 /// A blueprint version registered through the API.

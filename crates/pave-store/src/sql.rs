@@ -228,9 +228,31 @@ fn needs_savepoint(request: &[WriteOp]) -> bool {
         | WriteOp::InsertEnvironment(_)
         | WriteOp::SetEnvironmentLabels { .. }
         | WriteOp::DeleteEnvironment(_)
-        | WriteOp::InsertBlueprint(_) => true,
+        | WriteOp::InsertBlueprint(_)
+        | WriteOp::InsertUser { .. }
+        | WriteOp::InsertTeam { .. }
+        | WriteOp::AddTeamMember { .. }
+        | WriteOp::RemoveTeamMember { .. }
+        | WriteOp::PutBinding(_)
+        | WriteOp::DeleteBinding { .. }
+        | WriteOp::RevokeToken { .. } => true,
         _ => false,
     })
+}
+
+/// A unique-key failure named after what was being created.
+fn conflict_as(e: sqlx::Error, what: String) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::Conflict(what),
+        other => other,
+    }
+}
+
+fn subject_parts(s: &pave_core::rbac::Subject) -> (&'static str, &str) {
+    match s {
+        pave_core::rbac::Subject::User(n) => ("user", n),
+        pave_core::rbac::Subject::Team(n) => ("team", n),
+    }
 }
 
 macro_rules! sql_store {
@@ -668,6 +690,112 @@ macro_rules! sql_store {
                             }
                             other => other,
                         })?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::InsertUser { name } => {
+                        sqlx::query("INSERT INTO users (name, created_at) VALUES ($1, $2)")
+                            .bind(name)
+                            .bind(now)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(|e| conflict_as(e, format!("user `{name}`")))?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::InsertTeam { name } => {
+                        sqlx::query("INSERT INTO teams (name, created_at) VALUES ($1, $2)")
+                            .bind(name)
+                            .bind(now)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(|e| conflict_as(e, format!("team `{name}`")))?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::AddTeamMember { team, user } => {
+                        for (table, what, name) in [("teams", "team", team), ("users", "user", user)] {
+                            let sql = format!("SELECT name FROM {table} WHERE name = $1");
+                            let found: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
+                                .bind(name)
+                                .fetch_optional(&mut *conn)
+                                .await?;
+                            if found.is_none() {
+                                return Err(StoreError::NotFound(format!("{what} `{name}`")));
+                            }
+                        }
+                        sqlx::query(
+                            "INSERT INTO team_members (team, user_name) VALUES ($1, $2) \
+                             ON CONFLICT (team, user_name) DO NOTHING",
+                        )
+                        .bind(team)
+                        .bind(user)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::RemoveTeamMember { team, user } => {
+                        let r = sqlx::query("DELETE FROM team_members WHERE team = $1 AND user_name = $2")
+                            .bind(team)
+                            .bind(user)
+                            .execute(&mut *conn)
+                            .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("`{user}` in team `{team}`")));
+                        }
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::PutBinding(b) => {
+                        let (kind, subject) = subject_parts(&b.subject);
+                        let table = if kind == "user" { "users" } else { "teams" };
+                        let sql = format!("SELECT name FROM {table} WHERE name = $1");
+                        let found: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
+                            .bind(subject)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                        if found.is_none() {
+                            return Err(StoreError::NotFound(format!("{kind} `{subject}`")));
+                        }
+                        sqlx::query(
+                            "INSERT INTO role_bindings (subject_kind, subject, env, role, created_at) \
+                             VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (subject_kind, subject, env) DO UPDATE SET role = excluded.role",
+                        )
+                        .bind(kind)
+                        .bind(subject)
+                        .bind(b.env.as_deref().unwrap_or("*"))
+                        .bind(b.role.as_str())
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DeleteBinding { subject, env } => {
+                        let (kind, name) = subject_parts(subject);
+                        let r = sqlx::query(
+                            "DELETE FROM role_bindings WHERE subject_kind = $1 AND subject = $2 AND env = $3",
+                        )
+                        .bind(kind)
+                        .bind(name)
+                        .bind(env.as_deref().unwrap_or("*"))
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!(
+                                "a role of {kind} `{name}` in {}",
+                                env.as_deref().unwrap_or("every environment")
+                            )));
+                        }
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::RevokeToken { id } => {
+                        let r = sqlx::query(
+                            "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                        )
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("active token `{id}`")));
+                        }
                         Ok(OpResult::Done)
                     }
                     WriteOp::InsertToken(t) => {
@@ -1200,6 +1328,79 @@ macro_rules! sql_store {
                         document,
                         created_by,
                         created_at,
+                    })
+                    .collect())
+            }
+
+            async fn list_users(&self) -> Result<Vec<UserRecord>> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT name, created_at FROM users ORDER BY name")
+                        .fetch_all(self.reader())
+                        .await?;
+                Ok(rows.into_iter().map(|(name, created_at)| UserRecord { name, created_at }).collect())
+            }
+
+            async fn list_teams(&self) -> Result<Vec<TeamRecord>> {
+                let teams: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT name, created_at FROM teams ORDER BY name")
+                        .fetch_all(self.reader())
+                        .await?;
+                let members: Vec<(String, String)> =
+                    sqlx::query_as("SELECT team, user_name FROM team_members ORDER BY team, user_name")
+                        .fetch_all(self.reader())
+                        .await?;
+                Ok(teams
+                    .into_iter()
+                    .map(|(name, created_at)| TeamRecord {
+                        members: members.iter().filter(|(t, _)| *t == name).map(|(_, u)| u.clone()).collect(),
+                        name,
+                        created_at,
+                    })
+                    .collect())
+            }
+
+            async fn list_bindings(&self) -> Result<Vec<pave_core::rbac::Binding>> {
+                let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+                    "SELECT subject_kind, subject, env, role FROM role_bindings \
+                     ORDER BY subject_kind, subject, env",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                rows.into_iter()
+                    .map(|(kind, subject, env, role)| {
+                        let subject = match kind.as_str() {
+                            "team" => pave_core::rbac::Subject::Team(subject),
+                            _ => pave_core::rbac::Subject::User(subject),
+                        };
+                        let role = pave_core::rbac::Role::parse(&role)
+                            .map_err(|e| StoreError::Corrupt(format!("role binding: {e}")))?;
+                        Ok(pave_core::rbac::Binding {
+                            subject,
+                            role,
+                            env: (env != "*").then_some(env),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+                let rows: Vec<(String, String, String, String, i64, Option<i64>, Option<i64>)> =
+                    sqlx::query_as(
+                        "SELECT id, name, subject, hash, created_at, expires_at, revoked_at \
+                         FROM tokens ORDER BY created_at DESC, id DESC",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, name, subject, hash, created_at, expires_at, revoked_at)| TokenRecord {
+                        id,
+                        name,
+                        subject,
+                        hash,
+                        created_at,
+                        expires_at,
+                        revoked_at,
                     })
                     .collect())
             }

@@ -38,6 +38,9 @@ pub enum ClientError {
     /// No token was given.
     #[error("no API token: pass --token, set PAVE_TOKEN, or run `pave login` (the server wrote its admin token to <data-dir>/admin.token)")]
     NoToken,
+    /// The arguments do not fit together.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// The exit code that fits an error.
@@ -45,6 +48,7 @@ pub fn exit_code_of(e: &anyhow::Error) -> i32 {
     match e.downcast_ref::<ClientError>() {
         Some(ClientError::Unreachable { .. }) => exit::UNREACHABLE,
         Some(ClientError::NoToken) => exit::UNAUTHORIZED,
+        Some(ClientError::Usage(_)) => exit::USAGE,
         Some(ClientError::Api { status, .. }) => match *status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::UNAUTHORIZED,
             StatusCode::NOT_FOUND => exit::NOT_FOUND,
@@ -155,10 +159,22 @@ impl Client {
         resp.json().await.context("the server's answer could not be read")
     }
 
+    /// POST a JSON body to an endpoint that answers without one (204).
+    pub async fn post_empty(&self, path: &str, body: &impl Serialize) -> anyhow::Result<()> {
+        self.send(self.http.post(self.url(path)).json(body)).await?;
+        Ok(())
+    }
+
     /// PATCH a JSON body and decode.
     pub async fn patch<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
         let resp = self.send(self.http.patch(self.url(path)).json(body)).await?;
         resp.json().await.context("the server's answer could not be read")
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.http.delete(self.url(path))).await?;
+        Ok(())
     }
 
     /// DELETE, decoding what the server answers (the action that deletes).

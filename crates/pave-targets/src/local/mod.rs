@@ -195,6 +195,9 @@ impl LocalTarget {
         if let Some(p) = port {
             env.insert("PORT".to_string(), p.to_string());
         }
+        // Which revision and replica this is, like a pod's name.
+        env.insert("PAVE_REVISION".to_string(), spec.revision.to_string());
+        env.insert("PAVE_REPLICA".to_string(), index.to_string());
         ShimSpec {
             revision: spec.revision,
             index,
@@ -259,7 +262,6 @@ impl LocalTarget {
         }
     }
 
-    /// Stops replicas (SIGTERM to their shims, then SIGKILL) and removes their directories.
     /// The replicas whose output `logs` shows: one, or every replica of the
     /// current revision.
     fn log_replicas(&self, key: &WorkloadKey, replica: Option<u32>) -> Result<Vec<ReplicaDir>, TargetError> {
@@ -286,6 +288,7 @@ impl LocalTarget {
         Ok(chosen)
     }
 
+    /// Stops replicas (SIGTERM to their shims, then SIGKILL) and removes their directories.
     async fn stop_replicas(&self, replicas: &[ReplicaDir]) -> Result<(), TargetError> {
         let observed: Vec<(ReplicaDir, Observed)> = replicas
             .iter()

@@ -5,6 +5,7 @@ mod audit;
 mod blueprints;
 mod env;
 mod login;
+mod people;
 mod resources;
 mod run;
 mod workloads;
@@ -86,6 +87,18 @@ pub enum Command {
     /// List, show and apply blueprints (golden paths with typed parameters).
     #[command(subcommand)]
     Blueprint(blueprints::BlueprintCmd),
+    /// Create and list users.
+    #[command(subcommand)]
+    Users(people::UsersCmd),
+    /// Create teams and manage their members.
+    #[command(subcommand)]
+    Teams(people::TeamsCmd),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Tokens(people::TokensCmd),
+    /// Bind roles (viewer, developer, operator, admin) to users and teams, per environment.
+    #[command(subcommand)]
+    Roles(people::RolesCmd),
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -141,6 +154,10 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Run(args) => run::run(args).await,
         Command::Actions(cmd) => actions::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Users(cmd) => people::users(cmd).await,
+        Command::Teams(cmd) => people::teams(cmd).await,
+        Command::Tokens(cmd) => people::tokens(cmd).await,
+        Command::Roles(cmd) => people::roles(cmd).await,
         Command::Env(cmd) => env::run(cmd).await,
         Command::Blueprint(cmd) => blueprints::run(cmd).await,
         Command::Provision(args) => resources::provision(args).await,

@@ -68,7 +68,7 @@ pub struct ScaleArgs {
     /// The new replica count.
     #[arg(long)]
     pub replicas: u32,
-    /// How long the new revision may take to become ready (default 60s).
+    /// How long the replicas may take to become ready (default 60s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ready_timeout: Option<Duration>,
 }
@@ -100,10 +100,10 @@ pub struct RollbackArgs {
     /// Environment.
     #[arg(long)]
     pub env: String,
-    /// The revision whose spec to deploy again (default: the one before the current).
+    /// The revision to make current again (default: the previous one with another spec).
     #[arg(long)]
     pub to: Option<i64>,
-    /// How long the new revision may take to become ready (default 60s).
+    /// How long its replicas may take to become ready (default 60s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ready_timeout: Option<Duration>,
 }
