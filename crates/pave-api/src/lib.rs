@@ -4,6 +4,7 @@
 
 mod access;
 mod actions;
+mod approvals;
 mod audit;
 mod auth;
 mod blueprints;
@@ -94,6 +95,10 @@ pub fn router(state: AppState) -> Router {
                 .post(people::bind)
                 .delete(people::unbind),
         )
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}", get(approvals::get))
+        .route("/approvals/{id}/approve", post(approvals::approve))
+        .route("/approvals/{id}/reject", post(approvals::reject))
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/whoami", get(auth::whoami))

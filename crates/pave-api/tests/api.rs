@@ -739,6 +739,10 @@ async fn every_route_checks_the_role_its_rule_names() {
         }
     };
     for (method, route, access) in pave_api::ACCESS_TABLE {
+        if route.starts_with("/api/v1/approvals/{id}/") {
+            // Decided by the role the approval request names: see the approvals test.
+            continue;
+        }
         for (user, role, global, token) in &tokens {
             let in_env = |need: Role| role.is_some_and(|r| r >= need);
             let allowed = match access {
@@ -782,4 +786,192 @@ async fn every_route_checks_the_role_its_rule_names() {
         .post(&format!("/api/v1/actions/{busy}/cancel"), json!({}))
         .await;
     assert_eq!(s, 200);
+}
+
+/// Production needs an operator's approval; more than 5 replicas are denied.
+struct TestPolicy;
+
+impl pave_engine::Policy for TestPolicy {
+    fn evaluate(&self, input: &Value) -> pave_engine::Decision {
+        if input["action"]["input"]["replicas"]
+            .as_u64()
+            .is_some_and(|r| r > 5)
+        {
+            return pave_engine::Decision::Deny {
+                reasons: vec!["more than 5 replicas".into()],
+            };
+        }
+        if input["environment"]["labels"]["tier"] == "production" && input["approval"].is_null() {
+            return pave_engine::Decision::RequireApproval {
+                reasons: vec!["production needs approval".into()],
+                approver_role: "operator".into(),
+                approver_team: None,
+            };
+        }
+        pave_engine::Decision::Allow
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approver_other_than_the_requester_approves_the_amended_input_that_then_runs() {
+    let api = start().await;
+    api.engine.set_policy(Arc::new(TestPolicy));
+    let (s, _) = api
+        .post(
+            "/api/v1/environments",
+            json!({"name": "prod", "labels": {"tier": "production"}}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let mut tokens = std::collections::HashMap::new();
+    for (user, role) in [("alice", "developer"), ("bob", "operator"), ("carol", "viewer")] {
+        api.post("/api/v1/users", json!({"name": user})).await;
+        let (s, b) = api
+            .post(
+                "/api/v1/role-bindings",
+                json!({"user": user, "role": role, "env": "prod"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (_, t) = api.post("/api/v1/tokens", json!({"user": user})).await;
+        tokens.insert(user, t["token"].as_str().unwrap().to_string());
+    }
+    let as_user = |user: &str, method: reqwest::Method, path: &str, body: Value| {
+        api.http
+            .request(method, format!("{}{path}", api.base))
+            .bearer_auth(&tokens[user])
+            .json(&body)
+            .send()
+    };
+    // A job that writes its argument, so that what ran can be read back.
+    let out = api._dir.path().join("ran.txt");
+    let input = json!({"command": ["sh", "-c", format!("echo $0 > {}", out.display()), "first"]});
+    let r = as_user(
+        "alice",
+        reqwest::Method::POST,
+        "/api/v1/actions",
+        json!({"kind": "job", "env": "prod", "input": input}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["state"], "awaiting_approval", "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let (_, pending) = api.get("/api/v1/approvals").await;
+    assert_eq!(pending[0]["action_id"], id.as_str(), "{pending}");
+    assert_eq!(pending[0]["reasons"][0], "production needs approval");
+
+    // The requester cannot approve, a viewer cannot either.
+    for user in ["alice", "carol"] {
+        let r = as_user(
+            user,
+            reqwest::Method::POST,
+            &format!("/api/v1/approvals/{id}/approve"),
+            json!({}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 403, "{user}");
+    }
+    // An amendment the policy denies is refused, and the request still waits.
+    let r = as_user(
+        "bob",
+        reqwest::Method::POST,
+        &format!("/api/v1/approvals/{id}/approve"),
+        json!({"amend": {"replicas": 9}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        422,
+        "unknown field for a job: the amended input is planned again"
+    );
+    // bob amends the argument: the amended input is what runs.
+    let amended = json!({"command": ["sh", "-c", format!("echo $0 > {}", out.display()), "amended"]});
+    let r = as_user(
+        "bob",
+        reqwest::Method::POST,
+        &format!("/api/v1/approvals/{id}/approve"),
+        json!({"amend": amended, "comment": "use the amended one"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let a = api.wait_state(&id, &["succeeded", "failed"]).await;
+    assert_eq!(a["state"], "succeeded", "{a}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "amended");
+    // The record keeps the original, the amendment, the reviewer and the decision.
+    let (_, rec) = api.get(&format!("/api/v1/approvals/{id}")).await;
+    assert_eq!(rec["decision"], "approved");
+    assert_eq!(rec["decided_by"], "bob");
+    assert_eq!(rec["original_input"]["command"][3], "first");
+    assert_eq!(rec["amendment"]["command"][3], "amended");
+    // Deciding twice is a conflict.
+    let r = as_user(
+        "bob",
+        reqwest::Method::POST,
+        &format!("/api/v1/approvals/{id}/reject"),
+        json!({"comment": "no"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 409);
+
+    // A rejection needs a comment and ends the action.
+    let r = as_user(
+        "alice",
+        reqwest::Method::POST,
+        "/api/v1/actions",
+        json!({"kind": "noop", "env": "prod"}),
+    )
+    .await
+    .unwrap();
+    let id2 = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = as_user(
+        "bob",
+        reqwest::Method::POST,
+        &format!("/api/v1/approvals/{id2}/reject"),
+        json!({"comment": " "}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = as_user(
+        "bob",
+        reqwest::Method::POST,
+        &format!("/api/v1/approvals/{id2}/reject"),
+        json!({"comment": "not now"}),
+    )
+    .await
+    .unwrap();
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["state"], "rejected", "{a}");
+    assert!(a["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("rejected by bob: not now"));
+
+    // Denied outright, with the policy's reason.
+    let (s, a) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "deploy", "env": "prod", "input": {"name": "w", "command": ["true"], "replicas": 9}}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(a["state"], "denied");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 5 replicas"),
+        "{a}"
+    );
+    let (_, v) = api.get("/api/v1/audit/verify").await;
+    assert_eq!(v["ok"], true);
 }

@@ -264,6 +264,14 @@ impl Store for TimedStore {
         self.read(self.inner.list_tokens()).await
     }
 
+    async fn get_approval(&self, action_id: &str) -> Result<Option<pave_store::ApprovalRecord>> {
+        self.read(self.inner.get_approval(action_id)).await
+    }
+
+    async fn list_approvals(&self, pending_only: bool) -> Result<Vec<pave_store::ApprovalRecord>> {
+        self.read(self.inner.list_approvals(pending_only)).await
+    }
+
     async fn count_unfinished_actions(&self, env: &str) -> Result<i64> {
         self.read(self.inner.count_unfinished_actions(env)).await
     }

@@ -743,3 +743,41 @@ mod tests {
         assert!(plan("job", "a", "local", json!({"command": "echo"})).is_err());
     }
 }
+
+/// Applies a JSON merge patch (RFC 7386): objects merge key by key, `null`
+/// removes a key, anything else replaces. An approver's amendment is one.
+pub fn merge_patch(target: &Value, patch: &Value) -> Value {
+    match patch {
+        Value::Object(p) => {
+            let mut out = match target {
+                Value::Object(t) => t.clone(),
+                _ => serde_json::Map::new(),
+            };
+            for (k, v) in p {
+                if v.is_null() {
+                    out.remove(k);
+                } else {
+                    let merged = merge_patch(out.get(k).unwrap_or(&Value::Null), v);
+                    out.insert(k.clone(), merged);
+                }
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod merge_patch_tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_patch_changes_only_what_it_names() {
+        let input = json!({"name": "web", "replicas": 2, "env": {"A": "1", "B": "2"}});
+        let out = merge_patch(&input, &json!({"replicas": 3, "env": {"B": null, "C": "3"}}));
+        assert_eq!(
+            out,
+            json!({"name": "web", "replicas": 3, "env": {"A": "1", "C": "3"}})
+        );
+    }
+}

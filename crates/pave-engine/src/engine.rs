@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentHub;
 use crate::error::EngineError;
-use crate::policy::{Decision, Policy, PolicyInput};
+use crate::policy::{input_document, Decision, Policy};
 use crate::runner;
 
 /// Tunables.
@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub master_key: Option<pave_core::vault::MasterKey>,
     /// How often ready resources are checked for health (drift).
     pub health_every: Duration,
+    /// How long an action may wait for approval.
+    pub approval_ttl: Duration,
     /// Blueprints built in and read from files; the API adds to them in the store.
     pub blueprints: Vec<pave_core::blueprint::BlueprintEntry>,
 }
@@ -47,6 +49,7 @@ impl Default for EngineConfig {
             master_key: None,
             health_every: Duration::from_secs(10),
             blueprints: Vec::new(),
+            approval_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -71,7 +74,7 @@ pub(crate) struct Inner {
     pub writer: Batcher,
     pub config: EngineConfig,
     pub agents: HashMap<String, AgentHub>,
-    pub policy: Box<dyn Policy>,
+    pub policy: std::sync::RwLock<Arc<dyn Policy>>,
     /// Cancellation tokens of actions this node runs.
     pub running: Mutex<HashMap<String, CancellationToken>>,
     /// Wakes the worker loop (new work, a lock released).
@@ -125,7 +128,7 @@ impl Engine {
                 writer,
                 config,
                 agents,
-                policy,
+                policy: std::sync::RwLock::new(Arc::from(policy)),
                 running: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 changes,
@@ -133,6 +136,20 @@ impl Engine {
                 targets: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<dyn Policy> {
+        self.inner
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts another policy in force, for every action planned from now on.
+    pub fn set_policy(&self, policy: Arc<dyn Policy>) {
+        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 
     /// The store the engine writes to.
@@ -180,15 +197,11 @@ impl Engine {
             plan::plan(&sub.kind, &id, &env.name, sub.input)?
         };
         let actor = sub.principal.user.clone();
-        let decision = self.inner.policy.evaluate(&PolicyInput {
-            actor: &actor,
-            kind: &sub.kind,
-            env: &env.name,
-            env_labels: &env.labels,
-            target: &env.target,
-            input: &planned.input,
-        });
+        let decision =
+            self.policy()
+                .evaluate(&input_document(&sub.principal, &sub.kind, &env, &planned, None));
         let now = now_ms();
+        let mut approval = None;
         let (state, error) = match &decision {
             Decision::Allow => (ActionState::Queued, None),
             Decision::Deny { reasons } => (
@@ -200,6 +213,29 @@ impl Engine {
                     next: vec![],
                 }),
             ),
+            Decision::RequireApproval {
+                reasons,
+                approver_role,
+                approver_team,
+            } => {
+                approval = Some(pave_store::ApprovalRecord {
+                    action_id: id.clone(),
+                    env: env.name.clone(),
+                    requested_by: actor.clone(),
+                    reasons: reasons.clone(),
+                    approver_role: approver_role.clone(),
+                    approver_team: approver_team.clone(),
+                    original_input: planned.input.clone(),
+                    expires_at: now + self.inner.config.approval_ttl.as_millis() as i64,
+                    decision: None,
+                    decided_by: None,
+                    decided_at: None,
+                    comment: None,
+                    amendment: None,
+                    created_at: now,
+                });
+                (ActionState::AwaitingApproval, None)
+            }
         };
         let action = Action {
             id: id.clone(),
@@ -235,6 +271,10 @@ impl Engine {
                 json!({ "policy": decision }),
             ),
         ];
+        let mut ops = ops;
+        if let Some(a) = approval {
+            ops.push(WriteOp::InsertApproval(a));
+        }
         let results = self.inner.writer.write(ops).await?;
         if let Some(OpResult::Existing(existing)) = results.first() {
             let earlier = self
@@ -256,7 +296,7 @@ impl Engine {
         Ok((action, true))
     }
 
-    async fn load(&self, id: &str) -> Result<Action, EngineError> {
+    pub(crate) async fn load_action(&self, id: &str) -> Result<Action, EngineError> {
         self.inner
             .store
             .get_action(id)
@@ -267,7 +307,7 @@ impl Engine {
     /// The action, if its environment still exists (an action of a deleted
     /// environment cannot run again).
     async fn load_runnable(&self, id: &str) -> Result<Action, EngineError> {
-        let action = self.load(id).await?;
+        let action = self.load_action(id).await?;
         if self.inner.store.get_environment(&action.env).await?.is_none() {
             self.inner
                 .targets
@@ -330,14 +370,14 @@ impl Engine {
         self.inner.writer.write(ops).await?;
         self.changed(id);
         self.wake();
-        self.load(id).await
+        self.load_action(id).await
     }
 
     /// Cancels an action: at once if it has not started, else by stopping its
     /// running step.
     pub async fn cancel(&self, id: &str, who: &rbac::Principal) -> Result<Action, EngineError> {
         let actor = who.user.as_str();
-        let action = self.load(id).await?;
+        let action = self.load_action(id).await?;
         check_steer(who, &action, "cancel")?;
         action.state.check("cancel", ActionState::CANCELLABLE)?;
         let not_started = vec![
@@ -400,7 +440,7 @@ impl Engine {
         }
         self.changed(id);
         self.wake();
-        self.load(id).await
+        self.load_action(id).await
     }
 
     /// Undoes what an action did: its finished steps' compensations, last first.
@@ -442,7 +482,7 @@ impl Engine {
             .await?;
         self.changed(id);
         self.wake();
-        self.load(id).await
+        self.load_action(id).await
     }
 
     pub(crate) fn token(&self, id: &str) -> Option<CancellationToken> {
@@ -558,6 +598,9 @@ impl Engine {
         loop {
             tokio::time::sleep(self.inner.config.health_every).await;
             crate::resources::sweep(&self).await;
+            if let Err(e) = self.expire_due().await {
+                tracing::warn!(error = %e, "could not expire approvals");
+            }
         }
     }
 

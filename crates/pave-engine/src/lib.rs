@@ -4,6 +4,7 @@
 //! audit chain) before it is acted on.
 
 mod agents;
+mod approvals;
 mod engine;
 mod error;
 mod expand;
@@ -16,5 +17,5 @@ pub use agents::AgentHub;
 pub use engine::{Engine, EngineConfig, Submission};
 pub use error::EngineError;
 pub use expand::BUILTIN_ENVIRONMENT;
-pub use policy::{AllowAll, Decision, Policy, PolicyInput};
+pub use policy::{input_document, AllowAll, Decision, Policy};
 pub use workloads::LogFollow;

@@ -104,6 +104,12 @@ pub trait Store: Send + Sync + 'static {
     /// Tokens (never their secrets), newest first.
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
 
+    /// The approval record of an action.
+    async fn get_approval(&self, action_id: &str) -> Result<Option<ApprovalRecord>>;
+
+    /// Approvals, newest first: the pending ones only, or all.
+    async fn list_approvals(&self, pending_only: bool) -> Result<Vec<ApprovalRecord>>;
+
     /// One revision of a workload.
     async fn get_revision(&self, env: &str, name: &str, revision: i64) -> Result<Option<RevisionRecord>>;
 

@@ -146,6 +146,67 @@ pub enum WriteOp {
         /// Token id.
         id: String,
     },
+    /// Records that an action waits for approval.
+    InsertApproval(ApprovalRecord),
+    /// Records the decision on a pending approval; one decided already is a
+    /// precondition failure.
+    DecideApproval {
+        /// The action.
+        action_id: String,
+        /// `approved`, `rejected` or `expired`.
+        decision: String,
+        /// Who decided (`system` for an expiry).
+        by: String,
+        /// Their comment.
+        comment: Option<String>,
+        /// The amendment they made to the input (a JSON merge patch).
+        amendment: Option<Value>,
+    },
+    /// Replaces an action's input, object and steps (an approver amended the
+    /// input before anything ran).
+    ReplanAction {
+        /// The action.
+        id: String,
+        /// The new input.
+        input: Value,
+        /// The objects it locks.
+        object: String,
+        /// The new steps.
+        steps: Vec<pave_core::Step>,
+    },
+}
+
+/// An action waiting for (or past) approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// The action.
+    pub action_id: String,
+    /// Its environment.
+    pub env: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Why policy wants an approval.
+    pub reasons: Vec<String>,
+    /// The role an approver needs in the environment.
+    pub approver_role: String,
+    /// The team an approver must be in, if any.
+    pub approver_team: Option<String>,
+    /// The input as requested.
+    pub original_input: Value,
+    /// Milliseconds since the epoch after which it can no longer be approved.
+    pub expires_at: i64,
+    /// `approved`, `rejected`, `expired`, or None while pending.
+    pub decision: Option<String>,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_at: Option<i64>,
+    /// The reviewer's comment.
+    pub comment: Option<String>,
+    /// The reviewer's amendment (a JSON merge patch of the input).
+    pub amendment: Option<Value>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
 }
 
 /// A team and its members.

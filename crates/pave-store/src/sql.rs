@@ -23,6 +23,9 @@ use crate::{Result, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+const APPROVAL_COLUMNS: &str = "action_id, env, requested_by, reasons, approver_role, approver_team, \
+     original_input, expires_at, decision, decided_by, decided_at, comment, amendment, created_at";
+
 const ACTION_COLUMNS: &str = "id, kind, env, object, actor, input, state, attempt, error, result, \
      idempotency_key, cancel_requested, created_at, updated_at";
 const RESOURCE_COLUMNS: &str = "env, name, kind, spec, lifecycle, health, checked_at, outputs, credentials, \
@@ -235,7 +238,8 @@ fn needs_savepoint(request: &[WriteOp]) -> bool {
         | WriteOp::RemoveTeamMember { .. }
         | WriteOp::PutBinding(_)
         | WriteOp::DeleteBinding { .. }
-        | WriteOp::RevokeToken { .. } => true,
+        | WriteOp::RevokeToken { .. }
+        | WriteOp::DecideApproval { .. } => true,
         _ => false,
     })
 }
@@ -258,6 +262,30 @@ fn subject_parts(s: &pave_core::rbac::Subject) -> (&'static str, &str) {
 macro_rules! sql_store {
     ($store:ident, $db:ty, $name:literal, for_update = $for_update:literal, skip_locked = $skip_locked:literal) => {
         impl $store {
+            fn approval_from_row(row: &<$db as sqlx::Database>::Row) -> Result<ApprovalRecord> {
+                let reasons: Value = parse_json(&row.try_get::<String, _>("reasons")?, "reasons")?;
+                Ok(ApprovalRecord {
+                    action_id: row.try_get("action_id")?,
+                    env: row.try_get("env")?,
+                    requested_by: row.try_get("requested_by")?,
+                    reasons: serde_json::from_value(reasons)
+                        .map_err(|e| StoreError::Corrupt(format!("approval reasons: {e}")))?,
+                    approver_role: row.try_get("approver_role")?,
+                    approver_team: row.try_get("approver_team")?,
+                    original_input: parse_json(&row.try_get::<String, _>("original_input")?, "original_input")?,
+                    expires_at: row.try_get("expires_at")?,
+                    decision: row.try_get("decision")?,
+                    decided_by: row.try_get("decided_by")?,
+                    decided_at: row.try_get("decided_at")?,
+                    comment: row.try_get("comment")?,
+                    amendment: row
+                        .try_get::<Option<String>, _>("amendment")?
+                        .map(|t| parse_json(&t, "amendment"))
+                        .transpose()?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
             fn action_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Action> {
                 Ok(Action {
                     id: row.try_get("id")?,
@@ -690,6 +718,83 @@ macro_rules! sql_store {
                             }
                             other => other,
                         })?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::InsertApproval(a) => {
+                        sqlx::query(
+                            "INSERT INTO approvals (action_id, env, requested_by, reasons, approver_role, \
+                             approver_team, original_input, expires_at, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        )
+                        .bind(&a.action_id)
+                        .bind(&a.env)
+                        .bind(&a.requested_by)
+                        .bind(json_text(&serde_json::json!(a.reasons)))
+                        .bind(&a.approver_role)
+                        .bind(&a.approver_team)
+                        .bind(json_text(&a.original_input))
+                        .bind(a.expires_at)
+                        .bind(a.created_at)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DecideApproval { action_id, decision, by, comment, amendment } => {
+                        let r = sqlx::query(
+                            "UPDATE approvals SET decision = $2, decided_by = $3, decided_at = $4, comment = $5, \
+                             amendment = $6 WHERE action_id = $1 AND decision IS NULL",
+                        )
+                        .bind(action_id)
+                        .bind(decision)
+                        .bind(by)
+                        .bind(now)
+                        .bind(comment)
+                        .bind(amendment.as_ref().map(json_text))
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::Precondition {
+                                object: format!("approval of action {action_id}"),
+                                current: "decided already, or never asked".into(),
+                                expected: "pending".into(),
+                            });
+                        }
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::ReplanAction { id, input, object, steps } => {
+                        sqlx::query("UPDATE actions SET input = $2, object = $3, updated_at = $4 WHERE id = $1")
+                            .bind(id)
+                            .bind(json_text(input))
+                            .bind(object)
+                            .bind(now)
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("DELETE FROM steps WHERE action_id = $1")
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                        for s in steps {
+                            sqlx::query(
+                                "INSERT INTO steps (action_id, idx, name, kind, idempotent, state, attempt, \
+                                 spec, output, error, compensation, started_at, finished_at) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                            )
+                            .bind(id)
+                            .bind(s.idx)
+                            .bind(&s.name)
+                            .bind(&s.kind)
+                            .bind(s.idempotent as i64)
+                            .bind(s.state.as_str())
+                            .bind(s.attempt)
+                            .bind(json_text(&s.spec))
+                            .bind(json_text(&s.output))
+                            .bind(error_text(&s.error))
+                            .bind(json_text(&s.compensation))
+                            .bind(s.started_at)
+                            .bind(s.finished_at)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
                         Ok(OpResult::Done)
                     }
                     WriteOp::InsertUser { name } => {
@@ -1330,6 +1435,24 @@ macro_rules! sql_store {
                         created_at,
                     })
                     .collect())
+            }
+
+            async fn get_approval(&self, action_id: &str) -> Result<Option<ApprovalRecord>> {
+                let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE action_id = $1");
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(action_id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::approval_from_row).transpose()
+            }
+
+            async fn list_approvals(&self, pending_only: bool) -> Result<Vec<ApprovalRecord>> {
+                let filter = if pending_only { "WHERE decision IS NULL" } else { "" };
+                let sql = format!(
+                    "SELECT {APPROVAL_COLUMNS} FROM approvals {filter} ORDER BY created_at DESC, action_id DESC LIMIT 500"
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(self.reader()).await?;
+                rows.iter().map(Self::approval_from_row).collect()
             }
 
             async fn list_users(&self) -> Result<Vec<UserRecord>> {

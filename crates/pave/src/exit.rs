@@ -22,6 +22,8 @@ pub const NOT_FOUND: i32 = 8;
 pub const CONFLICT: i32 = 9;
 /// The request was refused as invalid (400, 413, 422).
 pub const INVALID: i32 = 10;
+/// The action waits for an approval (nothing ran yet).
+pub const AWAITING_APPROVAL: i32 = 11;
 
 /// The exit code for an action that ended in `state`.
 pub fn for_state(state: pave_core::ActionState) -> i32 {
@@ -31,6 +33,7 @@ pub fn for_state(state: pave_core::ActionState) -> i32 {
         Failed => ACTION_FAILED,
         Denied | Rejected => DENIED,
         Cancelled => CANCELLED,
+        AwaitingApproval => AWAITING_APPROVAL,
         _ => OK,
     }
 }

@@ -90,6 +90,7 @@ pub async fn start(
     workers: usize,
     health_every: Duration,
     blueprints_dir: Option<&Path>,
+    approval_ttl: Duration,
 ) -> anyhow::Result<ControlPlane> {
     set_private_umask();
     let blueprints = crate::blueprints::load(blueprints_dir)?;
@@ -148,6 +149,7 @@ pub async fn start(
             master_key: Some(master_key),
             health_every,
             blueprints,
+            approval_ttl,
             ..EngineConfig::default()
         },
     );
@@ -237,6 +239,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.workers,
         args.health_every,
         args.blueprints.as_deref(),
+        args.approval_ttl,
     )
     .await?;
     ensure_admin_token(&cp).await?;

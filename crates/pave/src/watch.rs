@@ -201,6 +201,11 @@ pub fn summary(a: &Action) {
     match a.state {
         ActionState::Succeeded => eprintln!("✓ action {} succeeded in {}", a.id, output::duration(took)),
         ActionState::RolledBack => eprintln!("✓ action {} rolled back", a.id),
+        ActionState::AwaitingApproval => eprintln!(
+            "⏸ action {} awaits approval by someone other than {} (pave approvals list; \
+             pave approvals approve {})",
+            a.id, a.actor, a.id
+        ),
         state => {
             eprintln!("✗ action {} {state}", a.id);
             if let Some(e) = &a.error {

@@ -1,6 +1,7 @@
 //! The command line: one clap definition per verb group, and the dispatcher.
 
 mod actions;
+mod approvals;
 mod audit;
 mod blueprints;
 mod env;
@@ -87,6 +88,9 @@ pub enum Command {
     /// List, show and apply blueprints (golden paths with typed parameters).
     #[command(subcommand)]
     Blueprint(blueprints::BlueprintCmd),
+    /// List, approve (with an amendment) and reject actions that policy held.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
     /// Create and list users.
     #[command(subcommand)]
     Users(people::UsersCmd),
@@ -140,6 +144,9 @@ pub struct ServeArgs {
     /// A directory of blueprint files (`*.yaml`, `*.yml`, `*.json`) to offer besides the built-in ones.
     #[arg(long, env = "PAVE_BLUEPRINTS")]
     pub blueprints: Option<PathBuf>,
+    /// How long an action may wait for approval before it is rejected.
+    #[arg(long, env = "PAVE_APPROVAL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub approval_ttl: Duration,
     /// On SIGTERM, how long running steps may take to finish.
     #[arg(long, env = "PAVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -154,6 +161,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Run(args) => run::run(args).await,
         Command::Actions(cmd) => actions::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Approvals(cmd) => approvals::run(cmd).await,
         Command::Users(cmd) => people::users(cmd).await,
         Command::Teams(cmd) => people::teams(cmd).await,
         Command::Tokens(cmd) => people::tokens(cmd).await,
