@@ -71,6 +71,21 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ),
     (
         "GET",
+        "/api/v1/environments/{name}/secrets",
+        Access::Env(Role::Developer),
+    ),
+    (
+        "PUT",
+        "/api/v1/environments/{name}/secrets/{secret}",
+        Access::Env(Role::Operator),
+    ),
+    (
+        "DELETE",
+        "/api/v1/environments/{name}/secrets/{secret}",
+        Access::Env(Role::Operator),
+    ),
+    (
+        "GET",
         "/api/v1/environments/{name}/resources",
         Access::Env(Role::Viewer),
     ),

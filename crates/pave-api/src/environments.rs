@@ -479,12 +479,15 @@ pub(crate) async fn workload_logs(
     load_workload(&state, &name, &workload).await?;
     let tail = q.tail.unwrap_or(100).min(10_000);
     let agent_failed = |e| ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", e);
+    // A replica may print what it was given: its environment's secrets are redacted.
+    let secrets = state.engine.secret_values(&name).await;
     if q.follow != Some(true) {
         let lines = state
             .engine
             .workload_logs(&name, &workload, q.replica, tail)
             .await
             .map_err(agent_failed)?;
+        let lines: Vec<String> = lines.iter().map(|l| pave_engine::redact(l, &secrets)).collect();
         return Ok(Json(lines).into_response());
     }
     let follow = state
@@ -494,11 +497,17 @@ pub(crate) async fn workload_logs(
         .map_err(agent_failed)?;
     // The stream owns the follow: when the client goes, it is dropped and
     // the agent stops reading.
-    let lines = futures::stream::unfold(follow, |mut f| async move {
+    let lines = futures::stream::unfold((follow, secrets), |(mut f, secrets)| async move {
         match f.next_line().await {
-            Ok(Some(line)) => Some((Ok::<_, std::convert::Infallible>(format!("{line}\n")), f)),
+            Ok(Some(line)) => {
+                let line = pave_engine::redact(&line, &secrets);
+                Some((
+                    Ok::<_, std::convert::Infallible>(format!("{line}\n")),
+                    (f, secrets),
+                ))
+            }
             Ok(None) => None,
-            Err(e) => Some((Ok(format!("pave: following stopped: {e}\n")), f)),
+            Err(e) => Some((Ok(format!("pave: following stopped: {e}\n")), (f, secrets))),
         }
     });
     Ok((

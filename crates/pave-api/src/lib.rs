@@ -15,6 +15,7 @@ mod events;
 mod health;
 mod openapi;
 mod people;
+mod secrets;
 
 use std::sync::Arc;
 
@@ -66,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{name}/status", get(environments::status))
         .route("/blueprints", post(blueprints::create).get(blueprints::list))
         .route("/blueprints/{name}", get(blueprints::get))
+        .route("/environments/{name}/secrets", get(secrets::list))
+        .route(
+            "/environments/{name}/secrets/{secret}",
+            axum::routing::put(secrets::set).delete(secrets::delete),
+        )
         .route("/environments/{name}/resources", get(environments::resources))
         .route(
             "/environments/{name}/resources/{resource}",

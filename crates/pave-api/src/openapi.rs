@@ -31,6 +31,7 @@ impl Modify for BearerAuth {
         crate::environments::resources, crate::environments::resource,
         crate::environments::workloads, crate::environments::workload, crate::environments::workload_logs,
         crate::audit::verify, crate::auth::whoami,
+        crate::secrets::list, crate::secrets::set, crate::secrets::delete,
         crate::approvals::list, crate::approvals::get, crate::approvals::approve, crate::approvals::reject,
         crate::people::list_users, crate::people::create_user, crate::people::list_teams,
         crate::people::create_team, crate::people::add_member, crate::people::remove_member,
@@ -42,7 +43,8 @@ impl Modify for BearerAuth {
         crate::environments::CloneEnvironment, crate::environments::EnvironmentStatus,
         crate::people::NewName, crate::people::UserDto, crate::people::NewMember, crate::people::TokenDto,
         crate::people::NewToken, crate::people::BindingRequest,
-        crate::approvals::ApproveBody, crate::approvals::RejectBody, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+        crate::approvals::ApproveBody, crate::approvals::RejectBody,
+        crate::secrets::SecretDto, crate::secrets::SecretValue, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

@@ -721,6 +721,7 @@ async fn every_route_checks_the_role_its_rule_names() {
             .replace("{resource}", "nothing")
             .replace("{workload}", "nothing")
             .replace("{user}", "nobody")
+            .replace("{secret}", "nothing")
     };
     // Bodies that pass the gate and then fail validation, so that the walk changes nothing.
     let body = |method: &str, route: &str| -> Option<Value> {
@@ -734,6 +735,7 @@ async fn every_route_checks_the_role_its_rule_names() {
             ("POST", "/api/v1/tokens") => Some(json!({"user": "nobody"})),
             ("POST", "/api/v1/role-bindings") => Some(json!({})),
             ("POST", "/api/v1/blueprints") => Some(json!({})),
+            ("PUT", _) => Some(json!({"value": ""})),
             ("POST", _) => Some(json!({})),
             _ => None,
         }
@@ -974,4 +976,82 @@ async fn an_approver_other_than_the_requester_approves_the_amended_input_that_th
     );
     let (_, v) = api.get("/api/v1/audit/verify").await;
     assert_eq!(v["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_secret_is_injected_where_used_and_found_nowhere_else() {
+    let api = start().await;
+    let canary = "canary-7f3a9b2c5d1e";
+    let r = api
+        .http
+        .put(format!("{}/api/v1/environments/local/secrets/canary", api.base))
+        .bearer_auth(&api.token)
+        .json(&json!({"value": canary}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("${secret.canary}") && !body.contains(canary),
+        "{body}"
+    );
+    // A job that prints it, to stdout and stderr, then fails quoting it.
+    let (s, a) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "input": {
+                "command": ["sh", "-c", "echo out=$CANARY; echo err=$CANARY >&2; case $CANARY in canary-*) exit 3;; esac"],
+                "env": {"CANARY": "${secret.canary}"}
+            }}),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["id"].as_str().unwrap();
+    let a = api.wait_state(id, &["failed", "succeeded"]).await;
+    // Exit 3 proves the job saw the real value.
+    assert!(a["error"]["message"].as_str().unwrap().contains("code 3"), "{a}");
+    let (_, logs) = api.get(&format!("/api/v1/actions/{id}/logs")).await;
+    let lines: Vec<&str> = logs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["line"].as_str())
+        .collect();
+    assert!(
+        lines.contains(&"out=***") && lines.contains(&"err=***"),
+        "{lines:?}"
+    );
+    // Nowhere in what the API answers, including the audit trail.
+    let mut seen = String::new();
+    for path in [
+        format!("/api/v1/actions/{id}"),
+        format!("/api/v1/actions/{id}/logs"),
+        "/api/v1/actions".to_string(),
+        "/api/v1/audit?limit=1000".to_string(),
+        "/api/v1/environments/local/secrets".to_string(),
+    ] {
+        let (_, v) = api.get(&path).await;
+        seen.push_str(&v.to_string());
+    }
+    assert!(!seen.contains(canary), "the canary leaked");
+    assert!(seen.contains("secret.use"), "the use was not audited");
+    // Nor in the store's action rows (input keeps the reference).
+    let stored = api.engine.store().get_action(id).await.unwrap().unwrap();
+    assert!(!serde_json::to_string(&stored).unwrap().contains(canary));
+    // An unknown secret fails the step before it starts, naming it.
+    let (_, a) = api
+        .post(
+            "/api/v1/actions",
+            json!({"kind": "job", "input": {"command": ["true"], "env": {"X": "${secret.nope}"}}}),
+        )
+        .await;
+    let a = api.wait_state(a["id"].as_str().unwrap(), &["failed"]).await;
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secret `nope` does not exist"),
+        "{a}"
+    );
 }

@@ -264,6 +264,10 @@ impl Store for TimedStore {
         self.read(self.inner.list_tokens()).await
     }
 
+    async fn list_secrets(&self, env: &str, prefix: &str) -> Result<Vec<pave_store::SecretMeta>> {
+        self.read(self.inner.list_secrets(env, prefix)).await
+    }
+
     async fn get_approval(&self, action_id: &str) -> Result<Option<pave_store::ApprovalRecord>> {
         self.read(self.inner.get_approval(action_id)).await
     }

@@ -11,6 +11,7 @@ mod expand;
 mod policy;
 mod resources;
 mod runner;
+mod secrets;
 mod workloads;
 
 pub use agents::AgentHub;
@@ -18,4 +19,5 @@ pub use engine::{Engine, EngineConfig, Submission};
 pub use error::EngineError;
 pub use expand::BUILTIN_ENVIRONMENT;
 pub use policy::{input_document, AllowAll, Decision, Policy};
+pub use secrets::{redact, PREFIX as SECRET_PREFIX, REDACTED};
 pub use workloads::LogFollow;

@@ -290,6 +290,11 @@ impl Run {
         if let Some(r) = crate::expand::prepare(&self.engine, kind, spec).await {
             return r;
         }
+        if let Some(r) =
+            crate::secrets::prepare_job(&self.engine, self.id(), &self.action.env, kind, spec).await
+        {
+            return r;
+        }
         payload_for(kind, spec)
             .map(|payload| Prepared {
                 payload,
@@ -393,7 +398,15 @@ impl Run {
             attempt,
             if compensation { ".undo" } else { "" }
         );
-        let outcome = self.dispatch(&step, command_id.clone(), payload).await?;
+        // What a command prints may hold a secret of its environment.
+        let secrets = if matches!(kind, "run_job" | "exec_workload") {
+            self.engine.secret_values(&self.action.env).await
+        } else {
+            vec![]
+        };
+        let outcome = self
+            .dispatch(&step, command_id.clone(), payload, &secrets)
+            .await?;
         let outcome_copy = outcome.clone();
         let now = now_ms();
         let (state, output, error, end) = match outcome {
@@ -491,6 +504,7 @@ impl Run {
         step: &Step,
         command_id: String,
         payload: CommandPayload,
+        secrets: &[String],
     ) -> Result<Outcome, pave_store::StoreError> {
         let target = self.target();
         let Some(hub) = self.engine.inner.agents.get(&target).cloned() else {
@@ -523,6 +537,7 @@ impl Run {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(FromAgent::Log { stream, line, .. }) => {
+                        let line = crate::secrets::redact(&line, secrets);
                         self.log_seq += 1;
                         pending.push(LogLine {
                             action_id: self.id().to_string(),
@@ -554,7 +569,14 @@ impl Run {
                         if !pending.is_empty() {
                             self.write(vec![WriteOp::AppendLogs(std::mem::take(&mut pending))]).await?;
                         }
-                        return Ok(outcome);
+                        if secrets.is_empty() {
+                            return Ok(outcome);
+                        }
+                        let redacted = serde_json::to_value(&outcome)
+                            .ok()
+                            .map(|v| crate::secrets::redact_value(&v, secrets))
+                            .and_then(|v| serde_json::from_value(v).ok());
+                        return Ok(redacted.unwrap_or(outcome));
                     }
                     Some(_) => {}
                     None => {

@@ -450,8 +450,13 @@ async fn resolved(
         )
     })?;
     let mut env = BTreeMap::new();
+    let mut used = Vec::new();
     for (k, v) in &spec.env {
-        env.insert(k.clone(), resolve_value(engine, &key.env, v).await?);
+        let v = resolve_value(engine, &key.env, v).await?;
+        env.insert(
+            k.clone(),
+            crate::secrets::resolve(engine, &key.env, &v, &mut used).await?,
+        );
     }
     spec.env = env;
     Ok(spec)
@@ -543,6 +548,26 @@ async fn prepare_apply(
         }
     };
     let spec = resolved(engine, &key, &revision).await?;
+    let mut used = Vec::new();
+    for v in revision.spec["env"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        let mut rest = v.as_str().unwrap_or_default();
+        while let Some(i) = rest.find("${secret.") {
+            let after = &rest[i + "${secret.".len()..];
+            let Some(end) = after.find('}') else { break };
+            used.push(after[..end].to_string());
+            rest = &after[end + 1..];
+        }
+    }
+    before.extend(crate::secrets::uses(
+        &key.env,
+        action_id,
+        &format!("workload {}", key.name),
+        &used,
+    ));
     Ok(Prepared {
         payload: CommandPayload::ApplyWorkload {
             key,

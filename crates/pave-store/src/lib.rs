@@ -104,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
     /// Tokens (never their secrets), newest first.
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
 
+    /// Secrets of an environment whose names start with `prefix`, by name (never values).
+    async fn list_secrets(&self, env: &str, prefix: &str) -> Result<Vec<SecretMeta>>;
+
     /// The approval record of an action.
     async fn get_approval(&self, action_id: &str) -> Result<Option<ApprovalRecord>>;
 

@@ -146,6 +146,22 @@ pub enum WriteOp {
         /// Token id.
         id: String,
     },
+    /// Stores a secret, or a new version of it.
+    PutSecret {
+        /// Environment scope.
+        env: String,
+        /// Name (`secret/NAME` for people's secrets).
+        name: String,
+        /// The sealed value (JSON of `pave_core::vault::Sealed`).
+        sealed: String,
+    },
+    /// Removes one secret; an unknown one is not found.
+    DeleteSecret {
+        /// Environment scope.
+        env: String,
+        /// Name.
+        name: String,
+    },
     /// Records that an action waits for approval.
     InsertApproval(ApprovalRecord),
     /// Records the decision on a pending approval; one decided already is a
@@ -206,6 +222,19 @@ pub struct ApprovalRecord {
     /// The reviewer's amendment (a JSON merge patch of the input).
     pub amendment: Option<Value>,
     /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// What is known of a secret without its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    /// Environment scope.
+    pub env: String,
+    /// Name.
+    pub name: String,
+    /// Version, from 1, raised by every change.
+    pub version: i64,
+    /// Milliseconds since the epoch of its last change.
     pub created_at: i64,
 }
 

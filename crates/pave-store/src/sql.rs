@@ -239,7 +239,8 @@ fn needs_savepoint(request: &[WriteOp]) -> bool {
         | WriteOp::PutBinding(_)
         | WriteOp::DeleteBinding { .. }
         | WriteOp::RevokeToken { .. }
-        | WriteOp::DecideApproval { .. } => true,
+        | WriteOp::DecideApproval { .. }
+        | WriteOp::DeleteSecret { .. } => true,
         _ => false,
     })
 }
@@ -592,6 +593,31 @@ macro_rules! sql_store {
                         .bind(now)
                         .execute(&mut *conn)
                         .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::PutSecret { env, name, sealed } => {
+                        sqlx::query(
+                            "INSERT INTO secrets (env, name, version, sealed, created_at) VALUES ($1, $2, 1, $3, $4) \
+                             ON CONFLICT (env, name) DO UPDATE SET version = secrets.version + 1, \
+                             sealed = excluded.sealed, created_at = excluded.created_at",
+                        )
+                        .bind(env)
+                        .bind(name)
+                        .bind(sealed)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DeleteSecret { env, name } => {
+                        let r = sqlx::query("DELETE FROM secrets WHERE env = $1 AND name = $2")
+                            .bind(env)
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("secret `{name}` in `{env}`")));
+                        }
                         Ok(OpResult::Done)
                     }
                     WriteOp::DeleteSecrets { env, prefix } => {
@@ -1434,6 +1460,21 @@ macro_rules! sql_store {
                         created_by,
                         created_at,
                     })
+                    .collect())
+            }
+
+            async fn list_secrets(&self, env: &str, prefix: &str) -> Result<Vec<SecretMeta>> {
+                let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+                    "SELECT env, name, version, created_at FROM secrets \
+                     WHERE env = $1 AND substr(name, 1, length($2)) = $2 ORDER BY name",
+                )
+                .bind(env)
+                .bind(prefix)
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(env, name, version, created_at)| SecretMeta { env, name, version, created_at })
                     .collect())
             }
 

@@ -13,6 +13,20 @@ pub enum AuditCmd {
     List(ListArgs),
     /// Recompute the hash chain and name the first broken event.
     Verify(VerifyArgs),
+    /// Write every audit event (or those after --after) as JSON lines, with their hashes.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// Write to this file instead of stdout.
+    #[arg(long = "file", value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -36,6 +50,7 @@ pub struct VerifyArgs {
 #[derive(serde::Deserialize)]
 struct Page {
     items: Vec<AuditEvent>,
+    next_after: Option<i64>,
 }
 
 #[derive(serde::Deserialize, serde::Serialize)]
@@ -75,6 +90,38 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
                 })
                 .collect();
             output::table(&["SEQ", "AGE", "ACTOR", "VERB", "OBJECT", "SUMMARY"], &rows);
+            Ok(exit::OK)
+        }
+        AuditCmd::Export(a) => {
+            use std::io::Write;
+            let client = Client::from_args(&a.client)?;
+            let mut out: Box<dyn Write> = match &a.file {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut after = a.after;
+            let mut n = 0usize;
+            loop {
+                let page: Page = client
+                    .get(&format!("/api/v1/audit?after={after}&limit=1000"))
+                    .await?;
+                for e in &page.items {
+                    serde_json::to_writer(&mut out, e)?;
+                    out.write_all(b"\n")?;
+                    after = e.seq;
+                    n += 1;
+                }
+                if page.next_after.is_none() || page.items.is_empty() {
+                    break;
+                }
+            }
+            out.flush()?;
+            if let Some(path) = &a.file {
+                eprintln!("{n} audit events written to {}", path.display());
+            }
             Ok(exit::OK)
         }
         AuditCmd::Verify(a) => {

@@ -9,6 +9,7 @@ mod login;
 mod people;
 mod resources;
 mod run;
+mod secrets;
 mod workloads;
 
 use std::net::SocketAddr;
@@ -91,6 +92,9 @@ pub enum Command {
     /// List, approve (with an amendment) and reject actions that policy held.
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCmd),
+    /// Set, list and delete secrets (sealed in the vault; values never shown).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCmd),
     /// Create and list users.
     #[command(subcommand)]
     Users(people::UsersCmd),
@@ -162,6 +166,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Actions(cmd) => actions::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Approvals(cmd) => approvals::run(cmd).await,
+        Command::Secrets(cmd) => secrets::run(cmd).await,
         Command::Users(cmd) => people::users(cmd).await,
         Command::Teams(cmd) => people::teams(cmd).await,
         Command::Tokens(cmd) => people::tokens(cmd).await,

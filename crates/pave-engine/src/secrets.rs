@@ -1,0 +1,247 @@
+//! People's secrets: set and listed per environment, sealed in the vault,
+//! resolved only when a step starts (`${secret.NAME}` in a job's or a
+//! workload's environment), every use audited, and redacted from whatever a
+//! step sends back (log lines, errors, output).
+
+use std::collections::BTreeMap;
+
+use pave_agent::protocol::CommandPayload;
+use pave_core::names::validate_name;
+use pave_core::vault::Sealed;
+use pave_core::AuditDraft;
+use pave_store::{SecretMeta, WriteOp};
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::resources::{PrepareError, Prepared};
+
+/// Where people's secrets are kept among an environment's secrets.
+pub const PREFIX: &str = "secret/";
+
+const OPEN: &str = "${secret.";
+
+/// What replaces a secret value in anything a step sends back.
+pub const REDACTED: &str = "***";
+
+fn err(code: &str, message: impl Into<String>) -> PrepareError {
+    (code.to_string(), message.into())
+}
+
+fn vault_key(engine: &Engine) -> Result<&pave_core::vault::MasterKey, PrepareError> {
+    engine.inner.config.master_key.as_ref().ok_or_else(|| {
+        err(
+            "vault_unavailable",
+            "the vault has no master key; the server cannot hold credentials",
+        )
+    })
+}
+
+fn open(engine: &Engine, name: &str, text: &str) -> Result<String, PrepareError> {
+    let sealed: Sealed = serde_json::from_str(text)
+        .map_err(|e| err("vault_failed", format!("stored secret `{name}`: {e}")))?;
+    let plain = vault_key(engine)?
+        .open(&sealed)
+        .map_err(|e| err("vault_failed", e.to_string()))?;
+    String::from_utf8(plain).map_err(|_| err("vault_failed", format!("secret `{name}` is not text")))
+}
+
+impl Engine {
+    /// Sets a secret (a new version when it exists).
+    pub async fn set_secret(
+        &self,
+        env: &str,
+        name: &str,
+        value: &str,
+        actor: &str,
+    ) -> Result<SecretMeta, EngineError> {
+        validate_name("secret", name)?;
+        if value.is_empty() || value.len() > 64 * 1024 {
+            return Err(EngineError::Invalid(pave_core::CoreError::InvalidInput(
+                "a secret value has 1 byte to 64 KiB".into(),
+            )));
+        }
+        if self.store().get_environment(env).await?.is_none() {
+            return Err(EngineError::NotFound(format!("environment `{env}`")));
+        }
+        let key = vault_key(self).map_err(|(_, m)| EngineError::Conflict(m))?;
+        let sealed = serde_json::to_string(&key.seal(value.as_bytes()))
+            .map_err(|e| EngineError::Conflict(format!("could not seal the secret: {e}")))?;
+        let full = format!("{PREFIX}{name}");
+        self.inner
+            .writer
+            .write(vec![
+                WriteOp::PutSecret {
+                    env: env.to_string(),
+                    name: full.clone(),
+                    sealed,
+                },
+                WriteOp::Audit(AuditDraft {
+                    actor: actor.to_string(),
+                    verb: "secret.set".into(),
+                    object: format!("secret/{env}/{name}"),
+                    summary: format!("secret {name} set in {env}"),
+                    details: json!({}),
+                }),
+            ])
+            .await?;
+        self.store()
+            .list_secrets(env, &full)
+            .await?
+            .into_iter()
+            .find(|m| m.name == full)
+            .ok_or_else(|| EngineError::NotFound(format!("secret `{name}`")))
+    }
+
+    /// Removes a secret.
+    pub async fn delete_secret(&self, env: &str, name: &str, actor: &str) -> Result<(), EngineError> {
+        self.inner
+            .writer
+            .write(vec![
+                WriteOp::DeleteSecret {
+                    env: env.to_string(),
+                    name: format!("{PREFIX}{name}"),
+                },
+                WriteOp::Audit(AuditDraft {
+                    actor: actor.to_string(),
+                    verb: "secret.delete".into(),
+                    object: format!("secret/{env}/{name}"),
+                    summary: format!("secret {name} deleted from {env}"),
+                    details: json!({}),
+                }),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Every secret value of an environment (people's and resources'), to redact.
+    pub async fn secret_values(&self, env: &str) -> Vec<String> {
+        let Ok(all) = self.store().list_secrets(env, "").await else {
+            return vec![];
+        };
+        let mut values = Vec::new();
+        for m in all {
+            if let Ok(Some(text)) = self.store().get_secret(env, &m.name).await {
+                if let Ok(v) = open(self, &m.name, &text) {
+                    values.push(v);
+                }
+            }
+        }
+        // Longest first, so that a value containing another is replaced whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values
+    }
+}
+
+/// Replaces every `${secret.NAME}` in `value`; records the names used.
+pub(crate) async fn resolve(
+    engine: &Engine,
+    env: &str,
+    value: &str,
+    used: &mut Vec<String>,
+) -> Result<String, PrepareError> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + OPEN.len()..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| err("invalid_spec", "unterminated `${secret.…}`"))?;
+        let name = &after[..end];
+        let full = format!("{PREFIX}{name}");
+        let text = engine
+            .store()
+            .get_secret(env, &full)
+            .await
+            .map_err(|e| err("store_failed", e.to_string()))?
+            .ok_or_else(|| err("not_found", format!("secret `{name}` does not exist in `{env}`")))?;
+        out.push_str(&open(engine, name, &text)?);
+        if !used.iter().any(|u| u == name) {
+            used.push(name.to_string());
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// One audit event per secret a step uses.
+pub(crate) fn uses(env: &str, action_id: &str, step: &str, names: &[String]) -> Vec<WriteOp> {
+    names
+        .iter()
+        .map(|n| {
+            WriteOp::Audit(AuditDraft {
+                actor: "system".into(),
+                verb: "secret.use".into(),
+                object: format!("secret/{env}/{n}"),
+                summary: format!("secret {n} injected into {step} of action {action_id}"),
+                details: json!({ "action": action_id, "step": step }),
+            })
+        })
+        .collect()
+}
+
+/// Prepares a job step: its `${secret.…}` values resolved into the command's
+/// environment only (the stored spec keeps the references).
+pub(crate) async fn prepare_job(
+    engine: &Engine,
+    action_id: &str,
+    env: &str,
+    kind: &str,
+    spec: &Value,
+) -> Option<Result<Prepared, PrepareError>> {
+    if kind != "run_job" {
+        return None;
+    }
+    let job: pave_core::JobSpec = match serde_json::from_value(spec.clone()) {
+        Ok(j) => j,
+        Err(e) => {
+            return Some(Err(err(
+                "invalid_step",
+                format!("stored job spec is invalid: {e}"),
+            )))
+        }
+    };
+    let mut used = Vec::new();
+    let mut extra_env = BTreeMap::new();
+    for (k, v) in &job.env {
+        if v.contains(OPEN) {
+            match resolve(engine, env, v, &mut used).await {
+                Ok(resolved) => {
+                    extra_env.insert(k.clone(), resolved);
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+    Some(Ok(Prepared {
+        payload: CommandPayload::RunJob { spec: job, extra_env },
+        before: uses(env, action_id, "a job", &used),
+    }))
+}
+
+/// `text` with every value in `secrets` replaced.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+    }
+    out
+}
+
+/// `v` with every secret value replaced in its strings.
+pub(crate) fn redact_value(v: &Value, secrets: &[String]) -> Value {
+    match v {
+        Value::String(s) => Value::String(redact(s, secrets)),
+        Value::Array(a) => Value::Array(a.iter().map(|x| redact_value(x, secrets)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), redact_value(x, secrets)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
