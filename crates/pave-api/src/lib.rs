@@ -15,6 +15,7 @@ mod events;
 mod health;
 mod openapi;
 mod people;
+mod policies;
 mod secrets;
 
 use std::sync::Arc;
@@ -105,6 +106,13 @@ pub fn router(state: AppState) -> Router {
         .route("/approvals/{id}", get(approvals::get))
         .route("/approvals/{id}/approve", post(approvals::approve))
         .route("/approvals/{id}/reject", post(approvals::reject))
+        .route("/policies", get(policies::list))
+        .route("/policies/eval", post(policies::eval))
+        .route("/policies/test", post(policies::test))
+        .route(
+            "/policies/{name}",
+            axum::routing::put(policies::apply).delete(policies::delete),
+        )
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/whoami", get(auth::whoami))

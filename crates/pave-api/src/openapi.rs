@@ -31,6 +31,8 @@ impl Modify for BearerAuth {
         crate::environments::resources, crate::environments::resource,
         crate::environments::workloads, crate::environments::workload, crate::environments::workload_logs,
         crate::audit::verify, crate::auth::whoami,
+        crate::policies::list, crate::policies::apply, crate::policies::delete, crate::policies::eval,
+        crate::policies::test,
         crate::secrets::list, crate::secrets::set, crate::secrets::delete,
         crate::approvals::list, crate::approvals::get, crate::approvals::approve, crate::approvals::reject,
         crate::people::list_users, crate::people::create_user, crate::people::list_teams,
@@ -44,7 +46,9 @@ impl Modify for BearerAuth {
         crate::people::NewName, crate::people::UserDto, crate::people::NewMember, crate::people::TokenDto,
         crate::people::NewToken, crate::people::BindingRequest,
         crate::approvals::ApproveBody, crate::approvals::RejectBody,
-        crate::secrets::SecretDto, crate::secrets::SecretValue, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+        crate::secrets::SecretDto, crate::secrets::SecretValue,
+        crate::policies::PolicyModule, crate::policies::PolicySource, crate::policies::EvalRequest,
+        crate::policies::EvalResult, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

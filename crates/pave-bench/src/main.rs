@@ -13,6 +13,7 @@
 mod cpu;
 mod engine_bench;
 mod local_bench;
+mod policy_bench;
 mod report;
 mod serve_bench;
 mod timed_store;
@@ -33,6 +34,7 @@ const TARGET_ACTIONS_PER_SEC: f64 = 2000.0;
 const TARGET_RATIO_PCT: f64 = 25.0;
 const TARGET_READY_MS: f64 = 300.0;
 const TARGET_RSS_MB: f64 = 50.0;
+const TARGET_POLICY_PCT: f64 = 10.0;
 
 /// The sections of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,6 +67,9 @@ struct Args {
     /// Single-row commits for the raw commit rate, per backend.
     #[arg(long, default_value_t = 5_000)]
     commits: u32,
+    /// Timed evaluations of the default policy pack (SQLite section).
+    #[arg(long, default_value_t = 20_000)]
+    policy_evals: u32,
     /// Give up on an engine run after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -278,7 +283,49 @@ async fn sqlite_section(args: &Args, tmp: &Path, report: &Report) -> Result<Valu
         Duration::from_secs(args.timeout),
     )
     .await?;
-    Ok(backend_figures(report, "sqlite", &engine, &raw, &stmt))
+    let mut figures = backend_figures(report, "sqlite", &engine, &raw, &stmt);
+    let evals = args.policy_evals;
+    let policy = tokio::task::spawn_blocking(move || policy_bench::bench_policy(evals))
+        .await
+        .context("the policy benchmark panicked")??;
+    if let Value::Object(map) = &mut figures {
+        map.insert(
+            "policy".into(),
+            policy_figures(report, "sqlite", &policy, engine.actions_per_sec()),
+        );
+    }
+    Ok(figures)
+}
+
+/// Prints the policy line, against the no-op action cost of the same run, and
+/// returns its JSON figures.
+fn policy_figures(
+    report: &Report,
+    name: &str,
+    policy: &policy_bench::PolicyFigures,
+    actions_per_sec: f64,
+) -> Value {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (median, p99) = (us(policy.median), us(policy.p99));
+    let action_us = 1e6 / actions_per_sec;
+    let pct = 100.0 * median / action_us;
+    let met = pct <= TARGET_POLICY_PCT;
+    report.line(format!(
+        "{name:<9} policy per action         {median:>10.1} us          no-op action {action_us:.1} us, policy adds {pct:.1} %   target: policy adds <= {TARGET_POLICY_PCT} % to a no-op action: {}  (default pack, {} modules; median of {} evaluations of a production deploy, p99 {p99:.1} us)",
+        verdict(met),
+        policy.modules,
+        thousands(policy.evaluations as f64),
+    ));
+    json!({
+        "evaluations": policy.evaluations,
+        "modules": policy.modules,
+        "median_us": round(median, 2),
+        "p99_us": round(p99, 2),
+        "noop_action_us": round(action_us, 2),
+        "ratio_pct": round(pct, 2),
+        "target_ratio_pct": TARGET_POLICY_PCT,
+        "target_met": met,
+    })
 }
 
 async fn postgres_section(args: &Args, report: &Report) -> Result<Value> {

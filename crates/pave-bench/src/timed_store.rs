@@ -264,6 +264,10 @@ impl Store for TimedStore {
         self.read(self.inner.list_tokens()).await
     }
 
+    async fn list_policies(&self) -> Result<Vec<(String, String)>> {
+        self.read(self.inner.list_policies()).await
+    }
+
     async fn list_secrets(&self, env: &str, prefix: &str) -> Result<Vec<pave_store::SecretMeta>> {
         self.read(self.inner.list_secrets(env, prefix)).await
     }

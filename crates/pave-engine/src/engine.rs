@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub health_every: Duration,
     /// How long an action may wait for approval.
     pub approval_ttl: Duration,
+    /// Policy modules from the built-in pack and files; the API adds others
+    /// (kept in the store) on top.
+    pub policy_files: Vec<pave_policy::Module>,
     /// Blueprints built in and read from files; the API adds to them in the store.
     pub blueprints: Vec<pave_core::blueprint::BlueprintEntry>,
 }
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             health_every: Duration::from_secs(10),
             blueprints: Vec::new(),
             approval_ttl: Duration::from_secs(24 * 3600),
+            policy_files: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod approvals;
 mod engine;
 mod error;
 mod expand;
+mod policies;
 mod policy;
 mod resources;
 mod runner;

@@ -47,6 +47,27 @@ impl Policy for AllowAll {
     }
 }
 
+impl Policy for pave_policy::PolicySet {
+    fn evaluate(&self, input: &Value) -> Decision {
+        match pave_policy::PolicySet::evaluate(self, input) {
+            Ok(pave_policy::Verdict::Allow) => Decision::Allow,
+            Ok(pave_policy::Verdict::Deny { reasons }) => Decision::Deny { reasons },
+            Ok(pave_policy::Verdict::RequireApproval {
+                reasons,
+                approver_role,
+                approver_team,
+            }) => Decision::RequireApproval {
+                reasons,
+                approver_role,
+                approver_team,
+            },
+            Err(e) => Decision::Deny {
+                reasons: vec![format!("the policy could not be evaluated: {e}")],
+            },
+        }
+    }
+}
+
 /// The document policies are written against; its fields are documented in
 /// docs/governance.md.
 pub fn input_document(

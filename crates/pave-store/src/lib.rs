@@ -107,6 +107,9 @@ pub trait Store: Send + Sync + 'static {
     /// Secrets of an environment whose names start with `prefix`, by name (never values).
     async fn list_secrets(&self, env: &str, prefix: &str) -> Result<Vec<SecretMeta>>;
 
+    /// Policy modules applied through the API: (name, source), by name.
+    async fn list_policies(&self) -> Result<Vec<(String, String)>>;
+
     /// The approval record of an action.
     async fn get_approval(&self, action_id: &str) -> Result<Option<ApprovalRecord>>;
 

@@ -162,6 +162,20 @@ pub enum WriteOp {
         /// Name.
         name: String,
     },
+    /// Stores (or replaces) a policy module applied through the API.
+    PutPolicy {
+        /// Module name.
+        name: String,
+        /// Rego source.
+        source: String,
+        /// Who applied it.
+        by: String,
+    },
+    /// Removes a policy module; an unknown one is not found.
+    DeletePolicy {
+        /// Module name.
+        name: String,
+    },
     /// Records that an action waits for approval.
     InsertApproval(ApprovalRecord),
     /// Records the decision on a pending approval; one decided already is a

@@ -240,7 +240,8 @@ fn needs_savepoint(request: &[WriteOp]) -> bool {
         | WriteOp::DeleteBinding { .. }
         | WriteOp::RevokeToken { .. }
         | WriteOp::DecideApproval { .. }
-        | WriteOp::DeleteSecret { .. } => true,
+        | WriteOp::DeleteSecret { .. }
+        | WriteOp::DeletePolicy { .. } => true,
         _ => false,
     })
 }
@@ -593,6 +594,30 @@ macro_rules! sql_store {
                         .bind(now)
                         .execute(&mut *conn)
                         .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::PutPolicy { name, source, by } => {
+                        sqlx::query(
+                            "INSERT INTO policies (name, source, created_by, created_at) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (name) DO UPDATE SET source = excluded.source, \
+                             created_by = excluded.created_by, created_at = excluded.created_at",
+                        )
+                        .bind(name)
+                        .bind(source)
+                        .bind(by)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DeletePolicy { name } => {
+                        let r = sqlx::query("DELETE FROM policies WHERE name = $1")
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("policy `{name}` (applied through the API)")));
+                        }
                         Ok(OpResult::Done)
                     }
                     WriteOp::PutSecret { env, name, sealed } => {
@@ -1461,6 +1486,12 @@ macro_rules! sql_store {
                         created_at,
                     })
                     .collect())
+            }
+
+            async fn list_policies(&self) -> Result<Vec<(String, String)>> {
+                Ok(sqlx::query_as("SELECT name, source FROM policies ORDER BY name")
+                    .fetch_all(self.reader())
+                    .await?)
             }
 
             async fn list_secrets(&self, env: &str, prefix: &str) -> Result<Vec<SecretMeta>> {

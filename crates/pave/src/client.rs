@@ -165,6 +165,12 @@ impl Client {
         resp.json().await.context("the server's answer could not be read")
     }
 
+    /// PUT a JSON body to an endpoint that answers without one (204).
+    pub async fn put_empty(&self, path: &str, body: &impl Serialize) -> anyhow::Result<()> {
+        self.send(self.http.put(self.url(path)).json(body)).await?;
+        Ok(())
+    }
+
     /// POST a JSON body to an endpoint that answers without one (204).
     pub async fn post_empty(&self, path: &str, body: &impl Serialize) -> anyhow::Result<()> {
         self.send(self.http.post(self.url(path)).json(body)).await?;

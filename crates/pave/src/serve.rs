@@ -91,6 +91,7 @@ pub async fn start(
     health_every: Duration,
     blueprints_dir: Option<&Path>,
     approval_ttl: Duration,
+    policies_dir: Option<&Path>,
 ) -> anyhow::Result<ControlPlane> {
     set_private_umask();
     let blueprints = crate::blueprints::load(blueprints_dir)?;
@@ -139,11 +140,19 @@ pub async fn start(
     .context("could not start the embedded agent")?;
     let mut agents = HashMap::new();
     agents.insert("local".to_string(), AgentHub::start(agent).await);
+    // The built-in pack, then the directory's modules; those applied through
+    // the API are added from the store below.
+    let mut policy_files = pave_policy::default_pack();
+    if let Some(dir) = policies_dir {
+        policy_files
+            .extend(pave_policy::load_dir(dir).with_context(|| format!("policies in {}", dir.display()))?);
+    }
     let engine = Engine::new(
         store,
         agents,
         Box::new(AllowAll),
         EngineConfig {
+            policy_files,
             node_id,
             workers,
             master_key: Some(master_key),
@@ -153,6 +162,10 @@ pub async fn start(
             ..EngineConfig::default()
         },
     );
+    engine
+        .load_policies()
+        .await
+        .context("the policies do not compile; pave does not start without its policies")?;
     Ok(ControlPlane {
         engine,
         data_dir: data_dir.to_path_buf(),
@@ -240,6 +253,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.health_every,
         args.blueprints.as_deref(),
         args.approval_ttl,
+        args.policies.as_deref(),
     )
     .await?;
     ensure_admin_token(&cp).await?;

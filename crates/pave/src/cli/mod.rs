@@ -7,6 +7,7 @@ mod blueprints;
 mod env;
 mod login;
 mod people;
+mod policy;
 mod resources;
 mod run;
 mod secrets;
@@ -92,6 +93,9 @@ pub enum Command {
     /// List, approve (with an amendment) and reject actions that policy held.
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCmd),
+    /// List, apply, evaluate and test Rego policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Set, list and delete secrets (sealed in the vault; values never shown).
     #[command(subcommand)]
     Secrets(secrets::SecretsCmd),
@@ -148,6 +152,9 @@ pub struct ServeArgs {
     /// A directory of blueprint files (`*.yaml`, `*.yml`, `*.json`) to offer besides the built-in ones.
     #[arg(long, env = "PAVE_BLUEPRINTS")]
     pub blueprints: Option<PathBuf>,
+    /// A directory of Rego policy modules (`*.rego`) to add to the built-in pack.
+    #[arg(long, env = "PAVE_POLICIES")]
+    pub policies: Option<PathBuf>,
     /// How long an action may wait for approval before it is rejected.
     #[arg(long, env = "PAVE_APPROVAL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub approval_ttl: Duration,
@@ -167,6 +174,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Approvals(cmd) => approvals::run(cmd).await,
         Command::Secrets(cmd) => secrets::run(cmd).await,
+        Command::Policy(cmd) => policy::run(cmd).await,
         Command::Users(cmd) => people::users(cmd).await,
         Command::Teams(cmd) => people::teams(cmd).await,
         Command::Tokens(cmd) => people::tokens(cmd).await,
