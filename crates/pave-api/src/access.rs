@@ -132,6 +132,11 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/role-bindings", Access::Global(Role::Admin)),
     ("POST", "/api/v1/role-bindings", Access::Global(Role::Admin)),
     ("DELETE", "/api/v1/role-bindings", Access::Global(Role::Admin)),
+    (
+        "POST",
+        "/api/v1/vault/rotate-master-key",
+        Access::Global(Role::Admin),
+    ),
     ("GET", "/api/v1/policies", Access::Global(Role::Viewer)),
     ("PUT", "/api/v1/policies/{name}", Access::Global(Role::Admin)),
     ("DELETE", "/api/v1/policies/{name}", Access::Global(Role::Admin)),

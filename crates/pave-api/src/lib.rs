@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/approvals/{id}", get(approvals::get))
         .route("/approvals/{id}/approve", post(approvals::approve))
         .route("/approvals/{id}/reject", post(approvals::reject))
+        .route("/vault/rotate-master-key", post(secrets::rotate))
         .route("/policies", get(policies::list))
         .route("/policies/eval", post(policies::eval))
         .route("/policies/test", post(policies::test))

@@ -33,7 +33,7 @@ impl Modify for BearerAuth {
         crate::audit::verify, crate::auth::whoami,
         crate::policies::list, crate::policies::apply, crate::policies::delete, crate::policies::eval,
         crate::policies::test,
-        crate::secrets::list, crate::secrets::set, crate::secrets::delete,
+        crate::secrets::list, crate::secrets::set, crate::secrets::delete, crate::secrets::rotate,
         crate::approvals::list, crate::approvals::get, crate::approvals::approve, crate::approvals::reject,
         crate::people::list_users, crate::people::create_user, crate::people::list_teams,
         crate::people::create_team, crate::people::add_member, crate::people::remove_member,
@@ -46,7 +46,7 @@ impl Modify for BearerAuth {
         crate::people::NewName, crate::people::UserDto, crate::people::NewMember, crate::people::TokenDto,
         crate::people::NewToken, crate::people::BindingRequest,
         crate::approvals::ApproveBody, crate::approvals::RejectBody,
-        crate::secrets::SecretDto, crate::secrets::SecretValue,
+        crate::secrets::SecretDto, crate::secrets::SecretValue, crate::secrets::Rotation,
         crate::policies::PolicyModule, crate::policies::PolicySource, crate::policies::EvalRequest,
         crate::policies::EvalResult, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)

@@ -91,3 +91,21 @@ pub(crate) async fn delete(
     state.engine.delete_secret(&env, &name, actor.name()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Result of a master key rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rotation {
+    /// How many secrets were re-wrapped with the new key.
+    pub rewrapped: usize,
+}
+
+/// Replaces the vault's master key; every secret's data key is re-wrapped.
+#[utoipa::path(post, path = "/api/v1/vault/rotate-master-key",
+    responses((status = 200, body = Rotation), (status = 401), (status = 403), (status = 409)), security(("bearer" = [])))]
+pub(crate) async fn rotate(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Rotation>, ApiError> {
+    let rewrapped = state.engine.rotate_master_key(actor.name()).await?;
+    Ok(Json(Rotation { rewrapped }))
+}

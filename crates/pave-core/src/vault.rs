@@ -91,22 +91,44 @@ impl MasterKey {
         }
     }
 
-    /// Decrypts a sealed secret.
-    pub fn open(&self, s: &Sealed) -> Result<Vec<u8>, VaultError> {
-        let nonce12 = |v: Vec<u8>| -> Result<[u8; 12], VaultError> {
-            v.try_into()
-                .map_err(|_| VaultError::Malformed("nonce length".into()))
-        };
-        let key_nonce = nonce12(unhex(&s.key_nonce, "key nonce")?)?;
-        let nonce = nonce12(unhex(&s.nonce, "nonce")?)?;
-        let data_key: [u8; 32] = Aes256Gcm::new(&self.0.into())
+    /// The same secret with its data key wrapped by `new` instead: the value's
+    /// ciphertext is not touched (rotating the master key).
+    pub fn rewrap(&self, s: &Sealed, new: &MasterKey) -> Result<Sealed, VaultError> {
+        let data_key = self.unwrap_key(s)?;
+        let key_nonce = random::<12>();
+        let wrapped = Aes256Gcm::new(&new.0.into())
+            .encrypt(&key_nonce.into(), &data_key[..])
+            .map_err(|_| VaultError::Decrypt)?;
+        Ok(Sealed {
+            wrapped_key: hex::encode(wrapped),
+            key_nonce: hex::encode(key_nonce),
+            ciphertext: s.ciphertext.clone(),
+            nonce: s.nonce.clone(),
+        })
+    }
+
+    fn unwrap_key(&self, s: &Sealed) -> Result<[u8; 32], VaultError> {
+        let key_nonce: [u8; 12] = unhex(&s.key_nonce, "key nonce")?
+            .try_into()
+            .map_err(|_| VaultError::Malformed("nonce length".into()))?;
+        Aes256Gcm::new(&self.0.into())
             .decrypt(
                 &key_nonce.into(),
                 unhex(&s.wrapped_key, "wrapped key")?.as_slice(),
             )
             .map_err(|_| VaultError::Decrypt)?
             .try_into()
-            .map_err(|_| VaultError::Decrypt)?;
+            .map_err(|_| VaultError::Decrypt)
+    }
+
+    /// Decrypts a sealed secret.
+    pub fn open(&self, s: &Sealed) -> Result<Vec<u8>, VaultError> {
+        let nonce12 = |v: Vec<u8>| -> Result<[u8; 12], VaultError> {
+            v.try_into()
+                .map_err(|_| VaultError::Malformed("nonce length".into()))
+        };
+        let nonce = nonce12(unhex(&s.nonce, "nonce")?)?;
+        let data_key = self.unwrap_key(s)?;
         Aes256Gcm::new(&data_key.into())
             .decrypt(&nonce.into(), unhex(&s.ciphertext, "ciphertext")?.as_slice())
             .map_err(|_| VaultError::Decrypt)
@@ -153,5 +175,17 @@ mod tests {
         let k = MasterKey::from_hex(&MasterKey::generate_hex()).unwrap();
         assert_eq!(format!("{k:?}"), "MasterKey(***)");
         assert_eq!(random_password(24).len(), 24);
+    }
+
+    #[test]
+    fn a_rewrapped_secret_opens_with_the_new_key_only() {
+        let old = MasterKey::from_hex(&MasterKey::generate_hex()).unwrap();
+        let new = MasterKey::from_hex(&MasterKey::generate_hex()).unwrap();
+        let sealed = old.seal(b"hunter22");
+        let moved = old.rewrap(&sealed, &new).unwrap();
+        assert_eq!(moved.ciphertext, sealed.ciphertext);
+        assert_eq!(new.open(&moved).unwrap(), b"hunter22");
+        assert!(old.open(&moved).is_err());
+        assert!(new.rewrap(&sealed, &old).is_err());
     }
 }

@@ -31,6 +31,8 @@ pub struct EngineConfig {
     pub poll: Duration,
     /// The vault's master key; without it, nothing that needs a credential runs.
     pub master_key: Option<pave_core::vault::MasterKey>,
+    /// Where the master key is kept, so that it can be rotated.
+    pub master_key_path: Option<std::path::PathBuf>,
     /// How often ready resources are checked for health (drift).
     pub health_every: Duration,
     /// How long an action may wait for approval.
@@ -50,6 +52,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(15),
             poll: Duration::from_millis(250),
             master_key: None,
+            master_key_path: None,
             health_every: Duration::from_secs(10),
             blueprints: Vec::new(),
             approval_ttl: Duration::from_secs(24 * 3600),
@@ -89,6 +92,10 @@ pub(crate) struct Inner {
     pub stopping: CancellationToken,
     /// Environment → target, see [`Engine::target_of`].
     pub targets: Mutex<HashMap<String, String>>,
+    /// The vault's master key (replaced by a rotation).
+    pub master_key: std::sync::RwLock<Option<pave_core::vault::MasterKey>>,
+    /// One master key rotation at a time.
+    pub rotation: tokio::sync::Mutex<()>,
 }
 
 /// The engine. Cheap to clone.
@@ -130,7 +137,6 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 writer,
-                config,
                 agents,
                 policy: std::sync::RwLock::new(Arc::from(policy)),
                 running: Mutex::new(HashMap::new()),
@@ -138,6 +144,9 @@ impl Engine {
                 changes,
                 stopping: CancellationToken::new(),
                 targets: Mutex::new(HashMap::new()),
+                master_key: std::sync::RwLock::new(config.master_key.clone()),
+                rotation: tokio::sync::Mutex::new(()),
+                config,
             }),
         }
     }

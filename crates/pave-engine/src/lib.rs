@@ -20,5 +20,5 @@ pub use engine::{Engine, EngineConfig, Submission};
 pub use error::EngineError;
 pub use expand::BUILTIN_ENVIRONMENT;
 pub use policy::{input_document, AllowAll, Decision, Policy};
-pub use secrets::{redact, PREFIX as SECRET_PREFIX, REDACTED};
+pub use secrets::{recover_key_file, redact, PREFIX as SECRET_PREFIX, REDACTED};
 pub use workloads::LogFollow;

@@ -39,12 +39,8 @@ pub(crate) async fn password(
     name: &str,
     create: bool,
 ) -> Result<(String, Option<WriteOp>), PrepareError> {
-    let key = engine.inner.config.master_key.as_ref().ok_or_else(|| {
-        err(
-            "vault_unavailable",
-            "the vault has no master key; the server cannot hold credentials",
-        )
-    })?;
+    let key = crate::secrets::vault_key(engine)?;
+    let key = &key;
     let secret = secret_name(name, "password");
     let stored = engine
         .store()

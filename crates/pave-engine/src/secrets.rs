@@ -28,13 +28,20 @@ fn err(code: &str, message: impl Into<String>) -> PrepareError {
     (code.to_string(), message.into())
 }
 
-fn vault_key(engine: &Engine) -> Result<&pave_core::vault::MasterKey, PrepareError> {
-    engine.inner.config.master_key.as_ref().ok_or_else(|| {
-        err(
-            "vault_unavailable",
-            "the vault has no master key; the server cannot hold credentials",
-        )
-    })
+/// The master key in force.
+pub(crate) fn vault_key(engine: &Engine) -> Result<pave_core::vault::MasterKey, PrepareError> {
+    engine
+        .inner
+        .master_key
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| {
+            err(
+                "vault_unavailable",
+                "the vault has no master key; the server cannot hold credentials",
+            )
+        })
 }
 
 fn open(engine: &Engine, name: &str, text: &str) -> Result<String, PrepareError> {
@@ -243,5 +250,127 @@ pub(crate) fn redact_value(v: &Value, secrets: &[String]) -> Value {
                 .collect(),
         ),
         other => other.clone(),
+    }
+}
+
+impl Engine {
+    /// Replaces the master key: every secret's data key is wrapped by a new
+    /// key (the values' ciphertexts stay), in one transaction. The new key is
+    /// written beside the old one first (`master.key.next`) and takes its
+    /// place only once the store has committed, so a crash at any point
+    /// leaves a key that opens every secret (see [`recover_key_file`]).
+    pub async fn rotate_master_key(&self, actor: &str) -> Result<usize, EngineError> {
+        let _one = self.inner.rotation.lock().await;
+        let path =
+            self.inner.config.master_key_path.clone().ok_or_else(|| {
+                EngineError::Conflict("this server keeps no master key file to rotate".into())
+            })?;
+        let old = vault_key(self).map_err(|(_, m)| EngineError::Conflict(m))?;
+        let new_hex = pave_core::vault::MasterKey::generate_hex();
+        let new = pave_core::vault::MasterKey::from_hex(&new_hex)
+            .map_err(|e| EngineError::Conflict(e.to_string()))?;
+        let next = next_key_path(&path);
+        write_key_file(&next, &new_hex)
+            .map_err(|e| EngineError::Conflict(format!("{}: {e}", next.display())))?;
+        let ops = self.rewrap_all(&old, &new).await?;
+        let n = ops.len();
+        let mut ops = ops;
+        ops.push(WriteOp::Audit(AuditDraft {
+            actor: actor.to_string(),
+            verb: "vault.rotate".into(),
+            object: "vault/master-key".into(),
+            summary: format!("master key rotated; {n} secret(s) re-wrapped"),
+            details: json!({ "secrets": n }),
+        }));
+        self.inner.writer.write(ops).await?;
+        std::fs::rename(&next, &path)
+            .map_err(|e| EngineError::Conflict(format!("{}: {e}", path.display())))?;
+        *self.inner.master_key.write().unwrap_or_else(|p| p.into_inner()) = Some(new.clone());
+        // A secret sealed with the old key while this ran (a provision that
+        // started before) is moved too.
+        let late = self.rewrap_all(&old, &new).await?;
+        if !late.is_empty() {
+            self.inner.writer.write(late).await?;
+        }
+        Ok(n)
+    }
+
+    /// Re-seal ops for every secret `old` opens.
+    async fn rewrap_all(
+        &self,
+        old: &pave_core::vault::MasterKey,
+        new: &pave_core::vault::MasterKey,
+    ) -> Result<Vec<WriteOp>, EngineError> {
+        let mut ops = Vec::new();
+        for env in self.store().list_environments().await? {
+            for m in self.store().list_secrets(&env.name, "").await? {
+                let Some(text) = self.store().get_secret(&env.name, &m.name).await? else {
+                    continue;
+                };
+                let Ok(sealed) = serde_json::from_str::<Sealed>(&text) else {
+                    continue;
+                };
+                if let Ok(moved) = old.rewrap(&sealed, new) {
+                    ops.push(WriteOp::ResealSecret {
+                        env: env.name.clone(),
+                        name: m.name.clone(),
+                        sealed: serde_json::to_string(&moved).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        Ok(ops)
+    }
+}
+
+fn next_key_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".next");
+    std::path::PathBuf::from(p)
+}
+
+fn write_key_file(path: &std::path::Path, hex: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(hex.as_bytes())?;
+    f.sync_all()
+}
+
+/// After a crash during a rotation: `master.key.next` is the key in force if
+/// it opens the store's secrets (the rotation committed), else it is dropped.
+/// Returns the key file's contents to use.
+pub async fn recover_key_file(
+    store: &pave_store::DynStore,
+    path: &std::path::Path,
+) -> Result<Option<String>, EngineError> {
+    let next = next_key_path(path);
+    let Ok(next_hex) = std::fs::read_to_string(&next) else {
+        return Ok(None);
+    };
+    let next_key = pave_core::vault::MasterKey::from_hex(next_hex.trim()).ok();
+    let mut committed = false;
+    'envs: for env in store.list_environments().await? {
+        for m in store.list_secrets(&env.name, "").await? {
+            if let (Some(text), Some(key)) = (store.get_secret(&env.name, &m.name).await?, &next_key) {
+                if let Ok(sealed) = serde_json::from_str::<Sealed>(&text) {
+                    committed = key.open(&sealed).is_ok();
+                    break 'envs;
+                }
+            }
+        }
+    }
+    if committed {
+        std::fs::rename(&next, path)
+            .map_err(|e| EngineError::Conflict(format!("{}: {e}", path.display())))?;
+        Ok(Some(next_hex.trim().to_string()))
+    } else {
+        let _ = std::fs::remove_file(&next);
+        Ok(None)
     }
 }

@@ -155,6 +155,16 @@ pub enum WriteOp {
         /// The sealed value (JSON of `pave_core::vault::Sealed`).
         sealed: String,
     },
+    /// Replaces a secret's sealed form without a new version (its data key
+    /// wrapped by another master key).
+    ResealSecret {
+        /// Environment scope.
+        env: String,
+        /// Name.
+        name: String,
+        /// The sealed value.
+        sealed: String,
+    },
     /// Removes one secret; an unknown one is not found.
     DeleteSecret {
         /// Environment scope.

@@ -634,6 +634,15 @@ macro_rules! sql_store {
                         .await?;
                         Ok(OpResult::Done)
                     }
+                    WriteOp::ResealSecret { env, name, sealed } => {
+                        sqlx::query("UPDATE secrets SET sealed = $3 WHERE env = $1 AND name = $2")
+                            .bind(env)
+                            .bind(name)
+                            .bind(sealed)
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(OpResult::Done)
+                    }
                     WriteOp::DeleteSecret { env, name } => {
                         let r = sqlx::query("DELETE FROM secrets WHERE env = $1 AND name = $2")
                             .bind(env)

@@ -107,15 +107,6 @@ pub async fn start(
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711))?;
     let lock = lock_data_dir(data_dir)?;
     let (node_id, _) = read_or_create(&data_dir.join("node.id"), ids::new_id)?;
-    // The vault's master key; credentials are encrypted with it from the governance work on.
-    let (master_hex, _) = read_or_create(&data_dir.join("master.key"), MasterKey::generate_hex)?;
-    let master_key = MasterKey::from_hex(&master_hex).with_context(|| {
-        format!(
-            "{} is not a valid master key",
-            data_dir.join("master.key").display()
-        )
-    })?;
-
     let url = match database_url {
         Some(u) => u.to_string(),
         None => format!("sqlite://{}", data_dir.join("pave.db").display()),
@@ -123,6 +114,15 @@ pub async fn start(
     let store = pave_store::open(&url)
         .await
         .with_context(|| format!("could not open the store at {}", pave_store::redact_url(&url)))?;
+
+    // The vault's master key; a rotation cut short is finished or undone first.
+    let key_path = data_dir.join("master.key");
+    pave_engine::recover_key_file(&store, &key_path)
+        .await
+        .context("could not recover from an interrupted master key rotation")?;
+    let (master_hex, _) = read_or_create(&key_path, MasterKey::generate_hex)?;
+    let master_key = MasterKey::from_hex(&master_hex)
+        .with_context(|| format!("{} is not a valid master key", key_path.display()))?;
 
     let agent = pave_agent::spawn_embedded(AgentDirs {
         work_dir: data_dir.join("work"),
@@ -156,6 +156,7 @@ pub async fn start(
             node_id,
             workers,
             master_key: Some(master_key),
+            master_key_path: Some(key_path),
             health_every,
             blueprints,
             approval_ttl,

@@ -312,3 +312,53 @@ fn a_policy_that_does_not_compile_is_refused_and_the_set_in_force_stays() {
     assert_eq!(v, "no deploys of web");
     ok(&server.cli(&["policy", "test"]));
 }
+
+#[test]
+fn rotating_the_master_key_keeps_every_secret_readable_across_a_restart() {
+    let dir = tempdir();
+    let data = dir.path().join("pave-data");
+    let mut server = Server::start(&data, None);
+    let mut set = Command::new(pave_bin())
+        .args(["secrets", "set", "db-pass", "--env", "local"])
+        .env("PAVE_SERVER", &server.url)
+        .env("PAVE_TOKEN", server.token())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("pave secrets set");
+    std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), b"s3cret-value\n").expect("write");
+    assert!(set.wait().expect("wait").success());
+    let uses_it = |server: &Server| {
+        server.cli(&[
+            "run",
+            "--wait",
+            "--env-var",
+            "P=${secret.db-pass}",
+            "--",
+            "sh",
+            "-c",
+            "test \"$P\" = s3cret-value",
+        ])
+    };
+    ok(&uses_it(&server));
+    let before = std::fs::read_to_string(data.join("master.key")).unwrap();
+    let out = server.cli(&["secrets", "rotate-master-key"]);
+    ok(&out);
+    assert!(
+        stdout(&out).contains("1 secret(s) re-wrapped"),
+        "{}",
+        stdout(&out)
+    );
+    let after = std::fs::read_to_string(data.join("master.key")).unwrap();
+    assert_ne!(before, after);
+    assert!(!data.join("master.key.next").exists());
+    ok(&uses_it(&server));
+    server.kill9();
+    let server = Server::start(&data, None);
+    ok(&uses_it(&server));
+    let listed = server.cli_json(&["secrets", "list", "--env", "local", "-o", "json"]);
+    assert_eq!(
+        listed[0]["version"], 1,
+        "a rotation is not a new version: {listed}"
+    );
+}

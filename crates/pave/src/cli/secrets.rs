@@ -17,6 +17,14 @@ pub enum SecretsCmd {
     List(ListArgs),
     /// Delete a secret.
     Delete(NameArgs),
+    /// Replace the vault's master key (every secret's data key is re-wrapped).
+    RotateMasterKey(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +115,15 @@ pub async fn run(cmd: SecretsCmd) -> anyhow::Result<i32> {
                     })
                     .collect();
                 output::table(&["NAME", "VERSION", "AGE", "REFERENCE"], &rows);
+            }
+        }
+        SecretsCmd::RotateMasterKey(a) => {
+            let client = Client::from_args(&a.client)?;
+            let r: Value = client
+                .post("/api/v1/vault/rotate-master-key", &json!({}), &[])
+                .await?;
+            if !output::structured(a.client.output, &r)? {
+                println!("master key rotated; {} secret(s) re-wrapped", r["rewrapped"]);
             }
         }
         SecretsCmd::Delete(a) => {
