@@ -548,20 +548,33 @@ async fn prepare_apply(
         }
     };
     let spec = resolved(engine, &key, &revision).await?;
+    // Every credential the replicas are given is an audited use: people's
+    // secrets, and resource passwords (directly or inside a URL).
     let mut used = Vec::new();
     for v in revision.spec["env"]
         .as_object()
         .into_iter()
         .flat_map(|m| m.values())
     {
-        let mut rest = v.as_str().unwrap_or_default();
-        while let Some(i) = rest.find("${secret.") {
-            let after = &rest[i + "${secret.".len()..];
-            let Some(end) = after.find('}') else { break };
-            used.push(after[..end].to_string());
-            rest = &after[end + 1..];
+        for (open, credential) in [("${secret.", false), ("${resource.", true)] {
+            let mut rest = v.as_str().unwrap_or_default();
+            while let Some(i) = rest.find(open) {
+                let after = &rest[i + open.len()..];
+                let Some(end) = after.find('}') else { break };
+                let reference = &after[..end];
+                match reference.split_once('.') {
+                    Some((name, "password" | "url")) if credential => {
+                        used.push(format!("resource {name} password"))
+                    }
+                    _ if !credential => used.push(reference.to_string()),
+                    _ => {}
+                }
+                rest = &after[end + 1..];
+            }
         }
     }
+    used.sort();
+    used.dedup();
     before.extend(crate::secrets::uses(
         &key.env,
         action_id,
