@@ -165,6 +165,13 @@ impl Engine {
                             env.name, have.kind
                         )));
                     }
+                    if have.lifecycle != ResourceLifecycle::Ready {
+                        return Err(EngineError::Conflict(format!(
+                            "resource `{name}` exists in `{}` but is {}; repair or delete it first \
+                             (pave resources repair|delete {name} --env {})",
+                            env.name, have.lifecycle, env.name
+                        )));
+                    }
                     existing.push(name.to_string());
                 }
                 Ok(plan::plan_blueprint(&env.name, bp, &rendered, &existing)?)

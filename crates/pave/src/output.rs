@@ -43,6 +43,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 
 /// "3s ago", "2m ago", from milliseconds since the epoch.
 pub fn age(ms: i64) -> String {
+    // Records made by a migration (the built-in `local`, `admin`) have no time.
+    if ms <= 0 {
+        return "-".into();
+    }
     let secs = ((pave_core::time::now_ms() - ms).max(0) / 1000) as u64;
     match secs {
         s if s < 60 => format!("{s}s"),
