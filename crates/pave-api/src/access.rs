@@ -142,6 +142,12 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ("DELETE", "/api/v1/policies/{name}", Access::Global(Role::Admin)),
     ("POST", "/api/v1/policies/eval", Access::Authenticated),
     ("POST", "/api/v1/policies/test", Access::Global(Role::Viewer)),
+    // Incidents are checked against their environment by the handlers (the
+    // id is not an action's); applying is an action the engine decides on.
+    ("GET", "/api/v1/incidents", Access::Authenticated),
+    ("GET", "/api/v1/incidents/{id}", Access::Authenticated),
+    ("POST", "/api/v1/incidents/{id}/apply", Access::Engine),
+    ("POST", "/api/v1/incidents/{id}/dismiss", Access::Engine),
     ("GET", "/api/v1/approvals", Access::Authenticated),
     ("GET", "/api/v1/approvals/{id}", Access::ActionEnv(Role::Viewer)),
     ("POST", "/api/v1/approvals/{id}/approve", Access::Engine),

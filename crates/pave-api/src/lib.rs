@@ -13,6 +13,7 @@ mod environments;
 mod error;
 mod events;
 mod health;
+mod incidents;
 mod openapi;
 mod people;
 mod policies;
@@ -114,6 +115,10 @@ pub fn router(state: AppState) -> Router {
             "/policies/{name}",
             axum::routing::put(policies::apply).delete(policies::delete),
         )
+        .route("/incidents", get(incidents::list))
+        .route("/incidents/{id}", get(incidents::get))
+        .route("/incidents/{id}/apply", post(incidents::apply))
+        .route("/incidents/{id}/dismiss", post(incidents::dismiss))
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/whoami", get(auth::whoami))

@@ -31,6 +31,7 @@ impl Modify for BearerAuth {
         crate::environments::resources, crate::environments::resource,
         crate::environments::workloads, crate::environments::workload, crate::environments::workload_logs,
         crate::audit::verify, crate::auth::whoami,
+        crate::incidents::list, crate::incidents::get, crate::incidents::apply, crate::incidents::dismiss,
         crate::policies::list, crate::policies::apply, crate::policies::delete, crate::policies::eval,
         crate::policies::test,
         crate::secrets::list, crate::secrets::set, crate::secrets::delete, crate::secrets::rotate,
@@ -46,7 +47,7 @@ impl Modify for BearerAuth {
         crate::people::NewName, crate::people::UserDto, crate::people::NewMember, crate::people::TokenDto,
         crate::people::NewToken, crate::people::BindingRequest,
         crate::approvals::ApproveBody, crate::approvals::RejectBody,
-        crate::secrets::SecretDto, crate::secrets::SecretValue, crate::secrets::Rotation,
+        crate::incidents::ApplyProposal, crate::secrets::SecretDto, crate::secrets::SecretValue, crate::secrets::Rotation,
         crate::policies::PolicyModule, crate::policies::PolicySource, crate::policies::EvalRequest,
         crate::policies::EvalResult, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)

@@ -264,6 +264,14 @@ impl Store for TimedStore {
         self.read(self.inner.list_tokens()).await
     }
 
+    async fn list_incidents(&self, active_only: bool) -> Result<Vec<pave_store::IncidentRecord>> {
+        self.read(self.inner.list_incidents(active_only)).await
+    }
+
+    async fn get_incident(&self, id: &str) -> Result<Option<pave_store::IncidentRecord>> {
+        self.read(self.inner.get_incident(id)).await
+    }
+
     async fn list_policies(&self) -> Result<Vec<(String, String)>> {
         self.read(self.inner.list_policies()).await
     }

@@ -37,6 +37,10 @@ pub struct EngineConfig {
     pub health_every: Duration,
     /// How long an action may wait for approval.
     pub approval_ttl: Duration,
+    /// How often the remediation loop looks at workloads and resources.
+    pub remediation_every: Duration,
+    /// How long a fix must hold (its detector quiet) to count as resolved.
+    pub verify_window: Duration,
     /// Policy modules from the built-in pack and files; the API adds others
     /// (kept in the store) on top.
     pub policy_files: Vec<pave_policy::Module>,
@@ -56,6 +60,8 @@ impl Default for EngineConfig {
             health_every: Duration::from_secs(10),
             blueprints: Vec::new(),
             approval_ttl: Duration::from_secs(24 * 3600),
+            remediation_every: Duration::from_secs(1),
+            verify_window: Duration::from_secs(10),
             policy_files: Vec::new(),
         }
     }
@@ -549,6 +555,7 @@ impl Engine {
         let lease_ms = self.inner.config.lease.as_millis() as i64;
         let renewer = tokio::spawn(self.clone().renew_loop());
         let health = tokio::spawn(self.clone().health_loop());
+        let remediation = tokio::spawn(self.clone().remediation_loop());
         let mut resume_own = true;
         let mut polled = true;
         let mut tasks = tokio::task::JoinSet::new();
@@ -605,6 +612,7 @@ impl Engine {
         }
         renewer.abort();
         health.abort();
+        remediation.abort();
     }
 
     async fn health_loop(self) {

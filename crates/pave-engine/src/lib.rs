@@ -10,6 +10,7 @@ mod error;
 mod expand;
 mod policies;
 mod policy;
+mod remediation;
 mod resources;
 mod runner;
 mod secrets;

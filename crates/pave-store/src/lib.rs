@@ -110,6 +110,12 @@ pub trait Store: Send + Sync + 'static {
     /// Policy modules applied through the API: (name, source), by name.
     async fn list_policies(&self) -> Result<Vec<(String, String)>>;
 
+    /// Incidents, newest first (all, or only those not ended).
+    async fn list_incidents(&self, active_only: bool) -> Result<Vec<IncidentRecord>>;
+
+    /// One incident.
+    async fn get_incident(&self, id: &str) -> Result<Option<IncidentRecord>>;
+
     /// The approval record of an action.
     async fn get_approval(&self, action_id: &str) -> Result<Option<ApprovalRecord>>;
 

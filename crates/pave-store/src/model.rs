@@ -186,6 +186,8 @@ pub enum WriteOp {
         /// Module name.
         name: String,
     },
+    /// Stores an incident (replacing the stored one of that id).
+    PutIncident(IncidentRecord),
     /// Records that an action waits for approval.
     InsertApproval(ApprovalRecord),
     /// Records the decision on a pending approval; one decided already is a
@@ -247,6 +249,27 @@ pub struct ApprovalRecord {
     pub amendment: Option<Value>,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+}
+
+/// An incident: the columns the store filters on, and its whole document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentRecord {
+    /// Id.
+    pub id: String,
+    /// Environment.
+    pub env: String,
+    /// `workload/ENV/NAME` or `resource/ENV/NAME`.
+    pub object: String,
+    /// Detector kind (`crash_loop`, `oom_killed`, `resource_unhealthy`).
+    pub kind: String,
+    /// `open`, `remediating`, `verifying`, `resolved`, `escalated`, `dismissed`.
+    pub state: String,
+    /// Milliseconds since the epoch.
+    pub opened_at: i64,
+    /// Milliseconds since the epoch.
+    pub updated_at: i64,
+    /// Evidence, analysis, proposals, timeline.
+    pub doc: Value,
 }
 
 /// What is known of a secret without its value.

@@ -596,6 +596,25 @@ macro_rules! sql_store {
                         .await?;
                         Ok(OpResult::Done)
                     }
+                    WriteOp::PutIncident(i) => {
+                        sqlx::query(
+                            "INSERT INTO incidents (id, env, object, kind, state, opened_at, updated_at, doc) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                             ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
+                             updated_at = excluded.updated_at, doc = excluded.doc",
+                        )
+                        .bind(&i.id)
+                        .bind(&i.env)
+                        .bind(&i.object)
+                        .bind(&i.kind)
+                        .bind(&i.state)
+                        .bind(i.opened_at)
+                        .bind(i.updated_at)
+                        .bind(json_text(&i.doc))
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
                     WriteOp::PutPolicy { name, source, by } => {
                         sqlx::query(
                             "INSERT INTO policies (name, source, created_by, created_at) VALUES ($1, $2, $3, $4) \
@@ -1495,6 +1514,56 @@ macro_rules! sql_store {
                         created_at,
                     })
                     .collect())
+            }
+
+            async fn list_incidents(&self, active_only: bool) -> Result<Vec<IncidentRecord>> {
+                let filter = if active_only {
+                    "WHERE state IN ('open', 'remediating', 'verifying')"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "SELECT id, env, object, kind, state, opened_at, updated_at, doc FROM incidents {filter} \
+                     ORDER BY opened_at DESC, id DESC LIMIT 500"
+                );
+                let rows: Vec<(String, String, String, String, String, i64, i64, String)> =
+                    sqlx::query_as(AssertSqlSafe(sql)).fetch_all(self.reader()).await?;
+                rows.into_iter()
+                    .map(|(id, env, object, kind, state, opened_at, updated_at, doc)| {
+                        Ok(IncidentRecord {
+                            id,
+                            env,
+                            object,
+                            kind,
+                            state,
+                            opened_at,
+                            updated_at,
+                            doc: parse_json(&doc, "incident")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn get_incident(&self, id: &str) -> Result<Option<IncidentRecord>> {
+                let row: Option<(String, String, String, String, String, i64, i64, String)> = sqlx::query_as(
+                    "SELECT id, env, object, kind, state, opened_at, updated_at, doc FROM incidents WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(self.reader())
+                .await?;
+                row.map(|(id, env, object, kind, state, opened_at, updated_at, doc)| {
+                    Ok(IncidentRecord {
+                        id,
+                        env,
+                        object,
+                        kind,
+                        state,
+                        opened_at,
+                        updated_at,
+                        doc: parse_json(&doc, "incident")?,
+                    })
+                })
+                .transpose()
             }
 
             async fn list_policies(&self) -> Result<Vec<(String, String)>> {

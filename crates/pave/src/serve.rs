@@ -84,17 +84,10 @@ pub struct ControlPlane {
 }
 
 /// Opens the data directory and store, and starts the embedded agent and the engine.
-pub async fn start(
-    data_dir: &Path,
-    database_url: Option<&str>,
-    workers: usize,
-    health_every: Duration,
-    blueprints_dir: Option<&Path>,
-    approval_ttl: Duration,
-    policies_dir: Option<&Path>,
-) -> anyhow::Result<ControlPlane> {
+pub async fn start(args: &ServeArgs) -> anyhow::Result<ControlPlane> {
     set_private_umask();
-    let blueprints = crate::blueprints::load(blueprints_dir)?;
+    let data_dir = args.data_dir.as_path();
+    let blueprints = crate::blueprints::load(args.blueprints.as_deref())?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("could not create data directory {}", data_dir.display()))?;
     // Absolute from here on: resource servers and workload shims run in
@@ -107,7 +100,7 @@ pub async fn start(
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711))?;
     let lock = lock_data_dir(data_dir)?;
     let (node_id, _) = read_or_create(&data_dir.join("node.id"), ids::new_id)?;
-    let url = match database_url {
+    let url = match args.database_url.as_deref() {
         Some(u) => u.to_string(),
         None => format!("sqlite://{}", data_dir.join("pave.db").display()),
     };
@@ -143,7 +136,7 @@ pub async fn start(
     // The built-in pack, then the directory's modules; those applied through
     // the API are added from the store below.
     let mut policy_files = pave_policy::default_pack();
-    if let Some(dir) = policies_dir {
+    if let Some(dir) = args.policies.as_deref() {
         policy_files
             .extend(pave_policy::load_dir(dir).with_context(|| format!("policies in {}", dir.display()))?);
     }
@@ -154,12 +147,13 @@ pub async fn start(
         EngineConfig {
             policy_files,
             node_id,
-            workers,
+            workers: args.workers,
             master_key: Some(master_key),
             master_key_path: Some(key_path),
-            health_every,
+            health_every: args.health_every,
             blueprints,
-            approval_ttl,
+            approval_ttl: args.approval_ttl,
+            verify_window: args.verify_window,
             ..EngineConfig::default()
         },
     );
@@ -247,16 +241,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics disabled"))
         .ok();
-    let cp = start(
-        &args.data_dir,
-        args.database_url.as_deref(),
-        args.workers,
-        args.health_every,
-        args.blueprints.as_deref(),
-        args.approval_ttl,
-        args.policies.as_deref(),
-    )
-    .await?;
+    let cp = start(&args).await?;
     ensure_admin_token(&cp).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -66,6 +66,9 @@ pub struct CreateArgs {
     /// A label policy can read (repeatable): `tier=production`.
     #[arg(long = "label", value_name = "K=V", value_parser = super::run::parse_kv)]
     pub labels: Vec<(String, String)>,
+    /// What pave does about incidents here: observe (propose), approve (a person applies) or auto.
+    #[arg(long, value_parser = ["observe", "approve", "auto"])]
+    pub remediation: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +97,9 @@ pub struct UpdateArgs {
     /// Remove a label (repeatable).
     #[arg(long = "remove-label", value_name = "K")]
     pub remove: Vec<String>,
+    /// What pave does about incidents here: observe, approve or auto.
+    #[arg(long, value_parser = ["observe", "approve", "auto"])]
+    pub remediation: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -130,7 +136,11 @@ pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
     match cmd {
         EnvCmd::Create(a) => {
             let client = Client::from_args(&a.client)?;
-            let labels: BTreeMap<_, _> = a.labels.into_iter().collect();
+            let mut labels: BTreeMap<_, _> = a.labels.into_iter().collect();
+            // The mode is a label, so that policies can read it too.
+            if let Some(m) = a.remediation {
+                labels.insert("remediation".to_string(), m);
+            }
             let e: Env = client
                 .post(
                     "/api/v1/environments",
@@ -169,6 +179,9 @@ pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
                 a.labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
             for k in a.remove {
                 labels.insert(k, Value::Null);
+            }
+            if let Some(m) = a.remediation {
+                labels.insert("remediation".to_string(), json!(m));
             }
             let e: Env = client
                 .patch(

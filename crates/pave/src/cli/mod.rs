@@ -5,6 +5,7 @@ mod approvals;
 mod audit;
 mod blueprints;
 mod env;
+mod incidents;
 mod login;
 mod people;
 mod policy;
@@ -96,6 +97,9 @@ pub enum Command {
     /// List, apply, evaluate and test Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// What the detectors found: evidence, root cause, proposals; apply or dismiss.
+    #[command(subcommand)]
+    Incidents(incidents::IncidentsCmd),
     /// Set, list and delete secrets (sealed in the vault; values never shown).
     #[command(subcommand)]
     Secrets(secrets::SecretsCmd),
@@ -155,6 +159,9 @@ pub struct ServeArgs {
     /// A directory of Rego policy modules (`*.rego`) to add to the built-in pack.
     #[arg(long, env = "PAVE_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// How long a remediation must hold (its detector quiet) before its incident is resolved.
+    #[arg(long, env = "PAVE_VERIFY_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub verify_window: Duration,
     /// How long an action may wait for approval before it is rejected.
     #[arg(long, env = "PAVE_APPROVAL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub approval_ttl: Duration,
@@ -174,6 +181,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Approvals(cmd) => approvals::run(cmd).await,
         Command::Secrets(cmd) => secrets::run(cmd).await,
+        Command::Incidents(cmd) => incidents::run(cmd).await,
         Command::Policy(cmd) => policy::run(cmd).await,
         Command::Users(cmd) => people::users(cmd).await,
         Command::Teams(cmd) => people::teams(cmd).await,

@@ -33,7 +33,18 @@ impl Server {
     }
 
     pub fn start_on(data_dir: &Path, database_url: Option<&str>, port: u16) -> Server {
+        Self::start_with(data_dir, database_url, port, &[])
+    }
+
+    /// With extra environment variables for the server (`PAVE_VERIFY_WINDOW`, …).
+    pub fn start_with(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut cmd = Command::new(pave_bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
