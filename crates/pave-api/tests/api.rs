@@ -921,6 +921,40 @@ async fn an_approver_other_than_the_requester_approves_the_amended_input_that_th
     .unwrap();
     assert_eq!(r.status(), 409);
 
+    // Cancelling a held request and retrying it does not get round the approval.
+    let r = as_user(
+        "alice",
+        reqwest::Method::POST,
+        "/api/v1/actions",
+        json!({"kind": "noop", "env": "prod"}),
+    )
+    .await
+    .unwrap();
+    let held = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = as_user(
+        "alice",
+        reqwest::Method::POST,
+        &format!("/api/v1/actions/{held}/cancel"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = as_user(
+        "alice",
+        reqwest::Method::POST,
+        &format!("/api/v1/actions/{held}/retry"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 409, "a cancelled, never approved request was retried");
+    let (_, rec) = api.get(&format!("/api/v1/approvals/{held}")).await;
+    assert_eq!(rec["decision"], "cancelled");
+
     // A rejection needs a comment and ends the action.
     let r = as_user(
         "alice",

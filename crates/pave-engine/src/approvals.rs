@@ -135,12 +135,13 @@ impl Engine {
                 }
                 Decision::RequireApproval {
                     approver_role,
+                    approver_team,
                     reasons,
-                    ..
                 } => {
                     // This approval counts, if the approver holds what is asked now.
                     let role = Role::parse(&approver_role)?;
-                    if !who.has(role, &env.name) {
+                    let team_ok = approver_team.as_ref().is_none_or(|t| who.teams.contains(t));
+                    if !who.has(role, &env.name) || !team_ok {
                         return Err(EngineError::Forbidden(format!(
                             "the amended input needs approval by a {role}: {}",
                             reasons.join("; ")

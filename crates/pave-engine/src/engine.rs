@@ -347,6 +347,16 @@ impl Engine {
         let action = self.load_runnable(id).await?;
         check_steer(who, &action, "retry")?;
         action.state.check("retry", ActionState::RETRYABLE)?;
+        // An action policy held runs only once approved: cancelling it while it
+        // waited and retrying it must not get round that.
+        if let Some(a) = self.inner.store.get_approval(id).await? {
+            if a.decision.as_deref() != Some("approved") {
+                return Err(EngineError::Conflict(format!(
+                    "action {id} was never approved ({}); submit the request again",
+                    a.decision.as_deref().unwrap_or("pending")
+                )));
+            }
+        }
         if action.error.as_ref().is_some_and(|e| e.code == "rollback_failed") {
             // What failed was the rollback: retrying means rolling back again.
             return self.rollback(id, who).await;
@@ -404,7 +414,7 @@ impl Engine {
             ActionState::AwaitingApproval,
             ActionState::Queued,
         ];
-        let immediate = vec![
+        let mut immediate = vec![
             WriteOp::UpdateAction {
                 id: id.to_string(),
                 expect: not_started,
@@ -428,6 +438,16 @@ impl Engine {
                 json!({}),
             ),
         ];
+        if action.state == ActionState::AwaitingApproval {
+            // Its approval request ends with it.
+            immediate.push(WriteOp::DecideApproval {
+                action_id: id.to_string(),
+                decision: "cancelled".into(),
+                by: actor.to_string(),
+                comment: None,
+                amendment: None,
+            });
+        }
         match self.inner.writer.write(immediate).await {
             Ok(_) => {}
             Err(StoreError::Precondition { current, .. }) if current == "running" => {

@@ -398,8 +398,9 @@ impl Run {
             attempt,
             if compensation { ".undo" } else { "" }
         );
-        // What a command prints may hold a secret of its environment.
-        let secrets = if matches!(kind, "run_job" | "exec_workload") {
+        // What a step sends back (a command's output, a replica's log tail in
+        // an error) may hold a secret of its environment.
+        let secrets = if kind != "noop" {
             self.engine.secret_values(&self.action.env).await
         } else {
             vec![]

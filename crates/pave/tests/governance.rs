@@ -86,6 +86,39 @@ fn three_people_a_policy_an_approval_and_a_canary() {
         .expect("pave secrets set");
     std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), canary.as_bytes()).expect("write");
     assert!(set.wait().expect("wait").success());
+    let mut set = Command::new(pave_bin())
+        .args(["secrets", "set", "api-key", "--env", "payments-staging"])
+        .env("PAVE_SERVER", &server.url)
+        .env("PAVE_TOKEN", server.token())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("pave secrets set");
+    std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), canary.as_bytes()).expect("write");
+    assert!(set.wait().expect("wait").success());
+    // A replica that prints it and fails at start: the failed rollout quotes
+    // its output in the action's error, redacted.
+    let out = cli_as(
+        &server,
+        &alice,
+        &[
+            "deploy",
+            "broken",
+            "--env",
+            "payments-staging",
+            "--set-env",
+            "API_KEY=${secret.api-key}",
+            "--ready-timeout",
+            "3s",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo key=$API_KEY; exit 1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("key=***"), "{}", stderr(&out));
 
     // As alice: a deploy to production waits for approval (exit 11).
     let out = cli_as(
@@ -228,7 +261,7 @@ fn three_people_a_policy_an_approval_and_a_canary() {
     let logs = server.cli(&["logs", "payments", "--env", "payments-prod"]);
     ok(&logs);
     assert!(stdout(&logs).contains("key=***"), "{}", stdout(&logs));
-    let mut seen = String::new();
+    let mut seen = stderr(&out);
     for args in [
         vec!["actions", "list", "-o", "json"],
         vec!["actions", "get", &id, "-o", "json"],

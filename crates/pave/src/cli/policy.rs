@@ -166,7 +166,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
                     "allow" => println!("allow"),
                     "deny" => println!("deny: {}", reasons.join("; ")),
                     other => println!(
-                        "{other} by a {}{}: {}",
+                        "{other} by role {}{}: {}",
                         d["approver_role"].as_str().unwrap_or("operator"),
                         d["approver_team"]
                             .as_str()
