@@ -7,9 +7,10 @@
 //!   rollbacks, restarts, exec, provisioning, blueprints) and retries, cancels
 //!   or rolls back their own.
 //! * `operator` also requests destructive ones (deleting resources, workloads
-//!   and environments, cloning), steers anybody's actions and approves.
-//! * `admin` also manages users, teams, tokens, role bindings, environments,
-//!   blueprints, policies and secrets.
+//!   and environments, cloning), steers anybody's actions, approves, and sets
+//!   the environment's secrets.
+//! * `admin` also manages users, teams, tokens, role bindings, environment
+//!   labels, blueprints, policies and the master key.
 
 use std::collections::BTreeMap;
 use std::fmt;
