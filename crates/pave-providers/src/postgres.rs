@@ -62,6 +62,16 @@ fn outputs(port: u16, spec: &Value) -> Result<BTreeMap<String, Value>, ProviderE
 }
 
 async fn running(dir: &Path) -> bool {
+    // `pg_ctl status` takes a killed postmaster that is still a zombie for a
+    // live one: look at the process first.
+    let pid = std::fs::read_to_string(dir.join("data").join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+    match pid {
+        Some(pid) if !crate::process::alive(pid) => return false,
+        None => return false,
+        Some(_) => {}
+    }
     run(
         &bin("pg_ctl"),
         &["-D", &dir.join("data").display().to_string(), "status"],
@@ -116,12 +126,27 @@ pub async fn create(dir: &Path, spec: &Value, password: &str) -> Result<Provisio
         Some(state) => {
             // Exists: make sure it runs (this is also how repair works).
             if !running(dir).await {
+                // A lock file left by a killed postmaster (still a zombie) would
+                // make the new one refuse to start.
                 let port = if port_in_use(state.port) {
                     free_port()?
                 } else {
                     state.port
                 };
-                start(dir, port).await?;
+                // The killed server's backends may hold its shared memory for a
+                // moment after it died: try again for a few seconds.
+                let mut tries = 0;
+                loop {
+                    let _ = std::fs::remove_file(dir.join("data").join("postmaster.pid"));
+                    match start(dir, port).await {
+                        Ok(()) => break,
+                        Err(e) if tries >= 10 => return Err(e),
+                        Err(_) => {
+                            tries += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        }
+                    }
+                }
                 write_state(dir, &State { port })?;
                 State { port }
             } else {

@@ -117,3 +117,18 @@ pub async fn make_dir_for(dir: &Path, user: Option<&str>) -> Result<(), Provider
     }
     Ok(())
 }
+
+/// Whether `pid` is a live process. A killed server can linger as a zombie
+/// until its new parent reaps it; it no longer serves, so it counts as dead.
+#[allow(unsafe_code)]
+pub fn alive(pid: i32) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false);
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 1 && !zombie && unsafe { libc::kill(pid, 0) } == 0
+}

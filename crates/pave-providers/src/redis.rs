@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::process::{free_port, make_dir_for, port_in_use, run};
+use crate::process::{alive, free_port, make_dir_for, port_in_use, run};
 use crate::{ProviderError, Provisioned};
 
 fn bin() -> PathBuf {
@@ -36,21 +36,6 @@ fn pid(dir: &Path) -> Option<i32> {
         .trim()
         .parse()
         .ok()
-}
-
-#[allow(unsafe_code)]
-fn alive(pid: i32) -> bool {
-    // A killed daemon can linger as a zombie until its new parent reaps it;
-    // it no longer serves, so it counts as dead.
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false);
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 1 && !zombie && unsafe { libc::kill(pid, 0) } == 0
 }
 
 #[allow(unsafe_code)]

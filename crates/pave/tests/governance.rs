@@ -108,6 +108,8 @@ fn three_people_a_policy_an_approval_and_a_canary() {
             "payments-staging",
             "--set-env",
             "API_KEY=${secret.api-key}",
+            // It never listens, so it can never be ready, however fast it exits.
+            "--readiness-tcp",
             "--ready-timeout",
             "3s",
             "--wait",

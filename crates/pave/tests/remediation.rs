@@ -141,3 +141,75 @@ fn a_crashing_revision_is_rolled_back_by_itself_and_a_fix_that_does_not_hold_is_
         let _ = server.cli(&["env", "delete", env, "--wait"]);
     }
 }
+
+#[test]
+fn a_killed_database_server_is_repaired_with_its_data() {
+    let dir = tempdir();
+    let data = dir.path().join("pave-data");
+    let server = Server::start_with(
+        &data,
+        None,
+        pave_testkit::free_port(),
+        &[("PAVE_VERIFY_WINDOW", "2s")],
+    );
+    ok(&server.cli(&["env", "create", "shop", "--remediation", "auto"]));
+    ok(&server.cli(&["provision", "postgres", "db", "--env", "shop", "--wait"]));
+    let r = server.cli_json(&["resources", "get", "db", "--env", "shop", "-o", "json"]);
+    let location = std::path::PathBuf::from(r["location"].as_str().unwrap());
+    // The data written before the crash must be there after the repair.
+    let marker = location.join("pave-test-marker");
+    let pid_file = walk(&location)
+        .into_iter()
+        .find(|p| p.ends_with("postmaster.pid"))
+        .expect("postmaster.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::fs::write(&marker, "kept").unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    let i = incident_in(
+        &server,
+        "shop",
+        &["resolved", "escalated"],
+        Duration::from_secs(40),
+    );
+    let fix = server.action(i["doc"]["applied"]["action"].as_str().unwrap_or_default());
+    assert_eq!(
+        (i["kind"].as_str(), i["state"].as_str()),
+        (Some("resource_unhealthy"), Some("resolved")),
+        "{i:#}\nthe fix: {}",
+        fix["error"]
+    );
+    assert_eq!(i["doc"]["applied"]["type"], "repair_resource");
+    let r = server.cli_json(&["resources", "get", "db", "--env", "shop", "-o", "json"]);
+    assert_eq!(
+        (r["lifecycle"].as_str(), r["health"].as_str()),
+        (Some("ready"), Some("healthy")),
+        "{r}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "kept");
+    let _ = server.cli(&["env", "delete", "shop", "--wait"]);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
