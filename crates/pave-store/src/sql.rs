@@ -424,28 +424,7 @@ macro_rules! sql_store {
                         .bind(a.updated_at)
                         .execute(&mut *conn)
                         .await?;
-                        for s in &a.steps {
-                            sqlx::query(
-                                "INSERT INTO steps (action_id, idx, name, kind, idempotent, state, attempt, \
-                                 spec, output, error, compensation, started_at, finished_at) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                            )
-                            .bind(&a.id)
-                            .bind(s.idx)
-                            .bind(&s.name)
-                            .bind(&s.kind)
-                            .bind(s.idempotent as i64)
-                            .bind(s.state.as_str())
-                            .bind(s.attempt)
-                            .bind(json_text(&s.spec))
-                            .bind(json_text(&s.output))
-                            .bind(error_text(&s.error))
-                            .bind(json_text(&s.compensation))
-                            .bind(s.started_at)
-                            .bind(s.finished_at)
-                            .execute(&mut *conn)
-                            .await?;
-                        }
+                        Self::insert_steps(conn, &a.id, &a.steps).await?;
                         Ok(OpResult::Inserted)
                     }
                     WriteOp::UpdateAction { id, expect, set } if !expect.is_empty() => {
@@ -852,28 +831,7 @@ macro_rules! sql_store {
                             .bind(id)
                             .execute(&mut *conn)
                             .await?;
-                        for s in steps {
-                            sqlx::query(
-                                "INSERT INTO steps (action_id, idx, name, kind, idempotent, state, attempt, \
-                                 spec, output, error, compensation, started_at, finished_at) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                            )
-                            .bind(id)
-                            .bind(s.idx)
-                            .bind(&s.name)
-                            .bind(&s.kind)
-                            .bind(s.idempotent as i64)
-                            .bind(s.state.as_str())
-                            .bind(s.attempt)
-                            .bind(json_text(&s.spec))
-                            .bind(json_text(&s.output))
-                            .bind(error_text(&s.error))
-                            .bind(json_text(&s.compensation))
-                            .bind(s.started_at)
-                            .bind(s.finished_at)
-                            .execute(&mut *conn)
-                            .await?;
-                        }
+                        Self::insert_steps(conn, id, steps).await?;
                         Ok(OpResult::Done)
                     }
                     WriteOp::InsertUser { name } => {
@@ -999,6 +957,36 @@ macro_rules! sql_store {
                         Ok(OpResult::Done)
                     }
                 }
+            }
+
+            async fn insert_steps(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                action_id: &str,
+                steps: &[Step],
+            ) -> Result<()> {
+                for s in steps {
+                    sqlx::query(
+                        "INSERT INTO steps (action_id, idx, name, kind, idempotent, state, attempt, \
+                         spec, output, error, compensation, started_at, finished_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    )
+                    .bind(action_id)
+                    .bind(s.idx)
+                    .bind(&s.name)
+                    .bind(&s.kind)
+                    .bind(s.idempotent as i64)
+                    .bind(s.state.as_str())
+                    .bind(s.attempt)
+                    .bind(json_text(&s.spec))
+                    .bind(json_text(&s.output))
+                    .bind(error_text(&s.error))
+                    .bind(json_text(&s.compensation))
+                    .bind(s.started_at)
+                    .bind(s.finished_at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
             }
 
             async fn update_action(

@@ -40,6 +40,20 @@ fn token_of(server: &Server, user: &str, extra: &[&str]) -> String {
         .to_string()
 }
 
+/// `pave secrets set`, the value through stdin as a person would.
+fn set_secret(server: &Server, env: &str, name: &str, value: &str) {
+    let mut set = Command::new(pave_bin())
+        .args(["secrets", "set", name, "--env", env])
+        .env("PAVE_SERVER", &server.url)
+        .env("PAVE_TOKEN", server.token())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("pave secrets set");
+    std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), value.as_bytes()).expect("write");
+    assert!(set.wait().expect("wait").success());
+}
+
 fn sqlite(data: &std::path::Path, sql: &str) {
     let out = Command::new("python3")
         .arg("-c")
@@ -76,26 +90,8 @@ fn three_people_a_policy_an_approval_and_a_canary() {
 
     // A canary secret, used by the workload that goes to production.
     let canary = "canary-4e1d9a7c3b2f";
-    let mut set = Command::new(pave_bin())
-        .args(["secrets", "set", "api-key", "--env", "payments-prod"])
-        .env("PAVE_SERVER", &server.url)
-        .env("PAVE_TOKEN", server.token())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("pave secrets set");
-    std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), canary.as_bytes()).expect("write");
-    assert!(set.wait().expect("wait").success());
-    let mut set = Command::new(pave_bin())
-        .args(["secrets", "set", "api-key", "--env", "payments-staging"])
-        .env("PAVE_SERVER", &server.url)
-        .env("PAVE_TOKEN", server.token())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("pave secrets set");
-    std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), canary.as_bytes()).expect("write");
-    assert!(set.wait().expect("wait").success());
+    set_secret(&server, "payments-prod", "api-key", canary);
+    set_secret(&server, "payments-staging", "api-key", canary);
     // A replica that prints it and fails at start: the failed rollout quotes
     // its output in the action's error, redacted.
     let out = cli_as(
@@ -353,16 +349,7 @@ fn rotating_the_master_key_keeps_every_secret_readable_across_a_restart() {
     let dir = tempdir();
     let data = dir.path().join("pave-data");
     let mut server = Server::start(&data, None);
-    let mut set = Command::new(pave_bin())
-        .args(["secrets", "set", "db-pass", "--env", "local"])
-        .env("PAVE_SERVER", &server.url)
-        .env("PAVE_TOKEN", server.token())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("pave secrets set");
-    std::io::Write::write_all(&mut set.stdin.take().expect("stdin"), b"s3cret-value\n").expect("write");
-    assert!(set.wait().expect("wait").success());
+    set_secret(&server, "local", "db-pass", "s3cret-value\n");
     let uses_it = |server: &Server| {
         server.cli(&[
             "run",
