@@ -286,9 +286,31 @@ fn three_people_a_policy_an_approval_and_a_canary() {
     assert_ne!(out.status.code(), Some(0));
     assert!(stdout(&out).contains("audit event 7"), "{}", stdout(&out));
 
-    for (w, env) in [("payments", "payments-prod"), ("ledger", "ledger-prod")] {
-        let _ = server.cli(&["workloads", "delete", w, "--env", env, "--wait"]);
-    }
+    // No replica outlives the test: production deletes need bob's approval too.
+    let _ = server.cli(&["workloads", "delete", "ledger", "--env", "ledger-prod", "--wait"]);
+    let _ = server.cli(&[
+        "workloads",
+        "delete",
+        "broken",
+        "--env",
+        "payments-staging",
+        "--wait",
+    ]);
+    let out = server.cli(&[
+        "workloads",
+        "delete",
+        "payments",
+        "--env",
+        "payments-prod",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
+    let pending = server.cli_json(&["approvals", "list", "-o", "json"]);
+    let id = pending[0]["action_id"]
+        .as_str()
+        .expect("the delete waits")
+        .to_string();
+    ok(&cli_as(&server, &bob, &["approvals", "approve", &id, "--wait"]));
 }
 
 #[test]

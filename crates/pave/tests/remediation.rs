@@ -137,8 +137,10 @@ fn a_crashing_revision_is_rolled_back_by_itself_and_a_fix_that_does_not_hold_is_
     ok(&out);
     assert!(stdout(&out).contains("verify"), "{}", stdout(&out));
 
+    // No replica outlives the test: the delete queues behind any action still
+    // holding the workload (an escalation's rollback).
     for env in ["shop-auto", "shop-manual"] {
-        let _ = server.cli(&["env", "delete", env, "--wait"]);
+        ok(&server.cli(&["workloads", "delete", "payments", "--env", env, "--wait"]));
     }
 }
 
