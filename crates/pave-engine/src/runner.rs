@@ -295,7 +295,7 @@ impl Run {
         {
             return r;
         }
-        payload_for(kind, spec)
+        payload_for(kind)
             .map(|payload| Prepared {
                 payload,
                 before: vec![],
@@ -607,17 +607,11 @@ impl Run {
     }
 }
 
-fn payload_for(kind: &str, spec: &Value) -> Result<CommandPayload, String> {
+/// Step kinds whose command needs nothing prepared (the others are prepared by
+/// the resource, workload, environment and job modules).
+fn payload_for(kind: &str) -> Result<CommandPayload, String> {
     match kind {
         "noop" => Ok(CommandPayload::Noop),
-        "run_job" => {
-            let spec = serde_json::from_value(spec.clone())
-                .map_err(|e| format!("stored job spec is invalid: {e}"))?;
-            Ok(CommandPayload::RunJob {
-                spec,
-                extra_env: Default::default(),
-            })
-        }
         other => Err(format!("no agent command for step kind `{other}`")),
     }
 }

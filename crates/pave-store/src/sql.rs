@@ -254,6 +254,38 @@ fn conflict_as(e: sqlx::Error, what: String) -> StoreError {
     }
 }
 
+type IncidentRow = (String, String, String, String, String, i64, i64, String);
+
+fn incident_from(
+    (id, env, object, kind, state, opened_at, updated_at, doc): IncidentRow,
+) -> Result<IncidentRecord> {
+    Ok(IncidentRecord {
+        id,
+        env,
+        object,
+        kind,
+        state,
+        opened_at,
+        updated_at,
+        doc: parse_json(&doc, "incident")?,
+    })
+}
+
+type WorkloadRow = (String, String, Option<i64>, Option<i64>, i64, i64);
+
+fn workload_from(
+    (env, name, current_revision, replicas, created_at, updated_at): WorkloadRow,
+) -> WorkloadRecord {
+    WorkloadRecord {
+        env,
+        name,
+        current_revision,
+        replicas: replicas.and_then(|r| u32::try_from(r).ok()),
+        created_at,
+        updated_at,
+    }
+}
+
 fn subject_parts(s: &pave_core::rbac::Subject) -> (&'static str, &str) {
     match s {
         pave_core::rbac::Subject::User(n) => ("user", n),
@@ -535,10 +567,7 @@ macro_rules! sql_store {
                         .bind(env.created_at)
                         .execute(&mut *conn)
                         .await
-                        .map_err(|e| match StoreError::from(e) {
-                            StoreError::Conflict(_) => StoreError::Conflict(format!("environment `{}`", env.name)),
-                            other => other,
-                        })?;
+                        .map_err(|e| conflict_as(e, format!("environment `{}`", env.name)))?;
                         Ok(OpResult::Done)
                     }
                     WriteOp::SetEnvironmentLabels { name, labels } => {
@@ -770,12 +799,7 @@ macro_rules! sql_store {
                         .bind(b.created_at)
                         .execute(&mut *conn)
                         .await
-                        .map_err(|e| match StoreError::from(e) {
-                            StoreError::Conflict(_) => {
-                                StoreError::Conflict(format!("blueprint `{}` version {}", b.name, b.version))
-                            }
-                            other => other,
-                        })?;
+                        .map_err(|e| conflict_as(e, format!("blueprint `{}` version {}", b.name, b.version)))?;
                         Ok(OpResult::Done)
                     }
                     WriteOp::InsertApproval(a) => {
@@ -853,16 +877,8 @@ macro_rules! sql_store {
                         Ok(OpResult::Done)
                     }
                     WriteOp::AddTeamMember { team, user } => {
-                        for (table, what, name) in [("teams", "team", team), ("users", "user", user)] {
-                            let sql = format!("SELECT name FROM {table} WHERE name = $1");
-                            let found: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
-                                .bind(name)
-                                .fetch_optional(&mut *conn)
-                                .await?;
-                            if found.is_none() {
-                                return Err(StoreError::NotFound(format!("{what} `{name}`")));
-                            }
-                        }
+                        Self::require_named(conn, "team", team).await?;
+                        Self::require_named(conn, "user", user).await?;
                         sqlx::query(
                             "INSERT INTO team_members (team, user_name) VALUES ($1, $2) \
                              ON CONFLICT (team, user_name) DO NOTHING",
@@ -886,15 +902,7 @@ macro_rules! sql_store {
                     }
                     WriteOp::PutBinding(b) => {
                         let (kind, subject) = subject_parts(&b.subject);
-                        let table = if kind == "user" { "users" } else { "teams" };
-                        let sql = format!("SELECT name FROM {table} WHERE name = $1");
-                        let found: Option<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
-                            .bind(subject)
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                        if found.is_none() {
-                            return Err(StoreError::NotFound(format!("{kind} `{subject}`")));
-                        }
+                        Self::require_named(conn, kind, subject).await?;
                         sqlx::query(
                             "INSERT INTO role_bindings (subject_kind, subject, env, role, created_at) \
                              VALUES ($1, $2, $3, $4, $5) \
@@ -956,6 +964,25 @@ macro_rules! sql_store {
                         .await?;
                         Ok(OpResult::Done)
                     }
+                }
+            }
+
+            /// Fails with not found unless the user or team `name` exists.
+            async fn require_named(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                what: &str,
+                name: &str,
+            ) -> Result<()> {
+                let sql = if what == "team" {
+                    "SELECT name FROM teams WHERE name = $1"
+                } else {
+                    "SELECT name FROM users WHERE name = $1"
+                };
+                let found: Option<(String,)> =
+                    sqlx::query_as(sql).bind(name).fetch_optional(&mut *conn).await?;
+                match found {
+                    Some(_) => Ok(()),
+                    None => Err(StoreError::NotFound(format!("{what} `{name}`"))),
                 }
             }
 
@@ -1514,44 +1541,18 @@ macro_rules! sql_store {
                     "SELECT id, env, object, kind, state, opened_at, updated_at, doc FROM incidents {filter} \
                      ORDER BY opened_at DESC, id DESC LIMIT 500"
                 );
-                let rows: Vec<(String, String, String, String, String, i64, i64, String)> =
-                    sqlx::query_as(AssertSqlSafe(sql)).fetch_all(self.reader()).await?;
-                rows.into_iter()
-                    .map(|(id, env, object, kind, state, opened_at, updated_at, doc)| {
-                        Ok(IncidentRecord {
-                            id,
-                            env,
-                            object,
-                            kind,
-                            state,
-                            opened_at,
-                            updated_at,
-                            doc: parse_json(&doc, "incident")?,
-                        })
-                    })
-                    .collect()
+                let rows: Vec<IncidentRow> = sqlx::query_as(AssertSqlSafe(sql)).fetch_all(self.reader()).await?;
+                rows.into_iter().map(incident_from).collect()
             }
 
             async fn get_incident(&self, id: &str) -> Result<Option<IncidentRecord>> {
-                let row: Option<(String, String, String, String, String, i64, i64, String)> = sqlx::query_as(
+                let row: Option<IncidentRow> = sqlx::query_as(
                     "SELECT id, env, object, kind, state, opened_at, updated_at, doc FROM incidents WHERE id = $1",
                 )
                 .bind(id)
                 .fetch_optional(self.reader())
                 .await?;
-                row.map(|(id, env, object, kind, state, opened_at, updated_at, doc)| {
-                    Ok(IncidentRecord {
-                        id,
-                        env,
-                        object,
-                        kind,
-                        state,
-                        opened_at,
-                        updated_at,
-                        doc: parse_json(&doc, "incident")?,
-                    })
-                })
-                .transpose()
+                row.map(incident_from).transpose()
             }
 
             async fn list_policies(&self) -> Result<Vec<(String, String)>> {
@@ -1708,7 +1709,7 @@ macro_rules! sql_store {
             }
 
             async fn get_workload(&self, env: &str, name: &str) -> Result<Option<WorkloadRecord>> {
-                let row: Option<(String, String, Option<i64>, Option<i64>, i64, i64)> = sqlx::query_as(
+                let row: Option<WorkloadRow> = sqlx::query_as(
                     "SELECT env, name, current_revision, replicas, created_at, updated_at FROM workloads \
                      WHERE env = $1 AND name = $2",
                 )
@@ -1716,18 +1717,11 @@ macro_rules! sql_store {
                 .bind(name)
                 .fetch_optional(self.reader())
                 .await?;
-                Ok(row.map(|(env, name, current_revision, replicas, created_at, updated_at)| WorkloadRecord {
-                    env,
-                    name,
-                    current_revision,
-                    replicas: replicas.and_then(|r| u32::try_from(r).ok()),
-                    created_at,
-                    updated_at,
-                }))
+                Ok(row.map(workload_from))
             }
 
             async fn list_workloads(&self, env: &str) -> Result<Vec<WorkloadRecord>> {
-                let rows: Vec<(String, String, Option<i64>, Option<i64>, i64, i64)> = sqlx::query_as(
+                let rows: Vec<WorkloadRow> = sqlx::query_as(
                     "SELECT env, name, current_revision, replicas, created_at, updated_at FROM workloads \
                      WHERE env = $1 ORDER BY name",
                 )
@@ -1736,14 +1730,7 @@ macro_rules! sql_store {
                 .await?;
                 Ok(rows
                     .into_iter()
-                    .map(|(env, name, current_revision, replicas, created_at, updated_at)| WorkloadRecord {
-                        env,
-                        name,
-                        current_revision,
-                        replicas: replicas.and_then(|r| u32::try_from(r).ok()),
-                        created_at,
-                        updated_at,
-                    })
+                    .map(workload_from)
                     .collect())
             }
 
