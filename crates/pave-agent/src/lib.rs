@@ -9,5 +9,7 @@
 pub mod embedded;
 pub mod local;
 pub mod protocol;
+pub mod runtime;
+pub mod tls;
 
 pub use embedded::{spawn_embedded, AgentLink};

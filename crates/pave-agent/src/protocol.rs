@@ -204,6 +204,9 @@ pub enum CommandPayload {
         /// that a failed one retired.
         #[serde(default)]
         apply: Option<Box<WorkloadSpec>>,
+        /// Ready replicas that suffice (default: every one wanted).
+        #[serde(default)]
+        min_ready: Option<u32>,
     },
     /// Make `spec` the only revision of a workload again (undoing a rollout),
     /// or remove every replica when there is none.

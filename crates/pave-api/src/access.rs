@@ -148,6 +148,7 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/incidents/{id}", Access::Authenticated),
     ("POST", "/api/v1/incidents/{id}/apply", Access::Engine),
     ("POST", "/api/v1/incidents/{id}/dismiss", Access::Engine),
+    ("POST", "/api/v1/incidents/{id}/keep", Access::Engine),
     ("GET", "/api/v1/approvals", Access::Authenticated),
     ("GET", "/api/v1/approvals/{id}", Access::ActionEnv(Role::Viewer)),
     ("POST", "/api/v1/approvals/{id}/approve", Access::Engine),

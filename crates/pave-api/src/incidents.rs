@@ -75,6 +75,10 @@ pub struct ApplyProposal {
     /// Which proposal (default 0, the first).
     #[serde(default)]
     pub proposal: usize,
+    /// Makes the fix temporary: it reverts by itself after this long unless
+    /// kept (`30m`, `90s`); default: the proposal's own (a scale-up: 30 min).
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 /// Applies a proposal as an action of the caller (RBAC, policy, approvals apply).
@@ -87,13 +91,37 @@ pub(crate) async fn apply(
     Path(id): Path<String>,
     Json(body): Json<ApplyProposal>,
 ) -> Result<Json<IncidentRecord>, ApiError> {
+    let ttl = match body.ttl.as_deref() {
+        None => None,
+        Some(t) => Some(
+            humantime::parse_duration(t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("ttl `{t}` is not a duration such as 30m or 90s"))
+                })?,
+        ),
+    };
     load(&state, &actor, &id).await?;
     Ok(Json(
         state
             .engine
-            .apply_proposal(&id, body.proposal, &actor.principal)
+            .apply_proposal(&id, body.proposal, ttl, &actor.principal)
             .await?,
     ))
+}
+
+/// Keeps a temporary fix: it no longer reverts when its time is up.
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/keep", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 403), (status = 404), (status = 409)),
+    security(("bearer" = [])))]
+pub(crate) async fn keep(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<IncidentRecord>, ApiError> {
+    load(&state, &actor, &id).await?;
+    Ok(Json(state.engine.keep_incident(&id, &actor.principal).await?))
 }
 
 /// Closes an incident without acting.

@@ -119,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .route("/incidents/{id}", get(incidents::get))
         .route("/incidents/{id}/apply", post(incidents::apply))
         .route("/incidents/{id}/dismiss", post(incidents::dismiss))
+        .route("/incidents/{id}/keep", post(incidents::keep))
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/whoami", get(auth::whoami))

@@ -31,7 +31,7 @@ impl Modify for BearerAuth {
         crate::environments::resources, crate::environments::resource,
         crate::environments::workloads, crate::environments::workload, crate::environments::workload_logs,
         crate::audit::verify, crate::auth::whoami,
-        crate::incidents::list, crate::incidents::get, crate::incidents::apply, crate::incidents::dismiss,
+        crate::incidents::list, crate::incidents::get, crate::incidents::apply, crate::incidents::dismiss, crate::incidents::keep,
         crate::policies::list, crate::policies::apply, crate::policies::delete, crate::policies::eval,
         crate::policies::test,
         crate::secrets::list, crate::secrets::set, crate::secrets::delete, crate::secrets::rotate,

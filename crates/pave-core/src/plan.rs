@@ -20,6 +20,7 @@ pub const KINDS: &[&str] = &[
     "restart",
     "exec",
     "workload.delete",
+    "secret.restore",
     "blueprint.apply",
     "env.clone",
     "env.delete",
@@ -118,6 +119,10 @@ pub struct ScaleInput {
     /// Readiness deadline.
     #[serde(default)]
     pub ready_timeout_secs: Option<u64>,
+    /// Done once this many are ready (default: all): a scale-up that adds
+    /// capacity beside replicas known to fail their probe.
+    #[serde(default)]
+    pub min_ready: Option<u32>,
 }
 
 /// Input of `rollback`.
@@ -141,6 +146,9 @@ impl ScaleInput {
         crate::names::validate_name("workload", &s.name)?;
         if s.replicas > 100 {
             return Err(invalid("`replicas` must be at most 100"));
+        }
+        if s.min_ready.is_some_and(|m| m > s.replicas) {
+            return Err(invalid("`min_ready` must be at most `replicas`"));
         }
         Ok(s)
     }
@@ -483,6 +491,22 @@ pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan
                     0,
                     &format!("{verb} {}", r.name),
                     step_kind,
+                    true,
+                    json!({ "env": env, "name": r.name }),
+                    Value::Null,
+                )],
+                input: json!({ "name": r.name }),
+            })
+        }
+        "secret.restore" => {
+            let r: ResourceRef = parse(input)?;
+            crate::names::validate_name("secret", &r.name)?;
+            Ok(Plan {
+                object: format!("secret/{env}/{}", r.name),
+                steps: vec![step(
+                    0,
+                    &format!("restore secret {} from the vault's deleted secrets", r.name),
+                    "restore_secret",
                     true,
                     json!({ "env": env, "name": r.name }),
                     Value::Null,

@@ -10,9 +10,13 @@
 //!
 //! It misbehaves on request: `DEMO_FAIL_AT_START=1` exits 1 before listening,
 //! `DEMO_CRASH_AFTER_SECS=N` exits 1 after N seconds, `DEMO_LEAK_MB_PER_SEC=N`
-//! keeps N more MiB resident every second. SIGTERM (or SIGINT) stops it
-//! gracefully with status 0. Nothing is connected at start, so starting costs
-//! only binding the socket. Passwords never appear in its output.
+//! keeps N more MiB resident every second, and `DEMO_LEAK_UP_TO_MB=M` stops it
+//! growing once it holds M MiB (kept resident), so that a limit above M really
+//! is enough. While the file named by `DEMO_UNREADY_FILE` exists (or that
+//! name followed by `.N`, for replica `$PAVE_REPLICA`=N only), `/healthz`
+//! answers 503: a replica that runs but fails its readiness probe. SIGTERM (or SIGINT) stops it gracefully with status 0. Nothing is
+//! connected at start, so starting costs only binding the socket. Passwords
+//! never appear in its output.
 
 mod redis;
 mod urls;
@@ -53,6 +57,10 @@ struct Config {
     redis_url: Option<String>,
     crash_after: Option<Duration>,
     leak_mib_per_sec: Option<usize>,
+    /// The most the leak holds, in MiB (`None`: no end).
+    leak_up_to_mib: Option<usize>,
+    /// `/healthz` fails while this file exists.
+    unready_file: Option<std::path::PathBuf>,
 }
 
 /// A variable's value, `None` when unset or empty; not UTF-8 is an error.
@@ -90,6 +98,10 @@ impl Config {
                     .map_err(|_| format!("DEMO_CRASH_AFTER_SECS={s} is not a duration"))?,
             ),
         };
+        let leak_up_to_mib = match parsed::<usize>("DEMO_LEAK_UP_TO_MB", "a whole number of MiB")? {
+            Some(0) => return Err("DEMO_LEAK_UP_TO_MB=0 is not a positive whole number of MiB".into()),
+            m => m,
+        };
         Ok(Config {
             host: var("DEMO_LISTEN_HOST")?.unwrap_or_else(|| "127.0.0.1".into()),
             port,
@@ -97,6 +109,8 @@ impl Config {
             redis_url: var("REDIS_URL")?,
             crash_after,
             leak_mib_per_sec: parsed("DEMO_LEAK_MB_PER_SEC", "a whole number of MiB")?.filter(|&n| n > 0),
+            leak_up_to_mib,
+            unready_file: var("DEMO_UNREADY_FILE")?.map(std::path::PathBuf::from),
         })
     }
 }
@@ -114,6 +128,7 @@ struct App {
     redis: Option<redis::Target>,
     /// Passwords from the URLs, hidden from every message we produce.
     secrets: Vec<String>,
+    unready_file: Option<std::path::PathBuf>,
 }
 
 struct Postgres {
@@ -168,6 +183,7 @@ impl App {
             postgres,
             redis,
             secrets,
+            unready_file: config.unready_file.clone(),
         })
     }
 
@@ -228,6 +244,21 @@ async fn probe(host: &str, port: u16) -> String {
 struct LogNote(String);
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let mine = app.unready_file.as_ref().map(|f| {
+        let replica = std::env::var("PAVE_REPLICA").unwrap_or_default();
+        [
+            f.clone(),
+            std::path::PathBuf::from(format!("{}.{replica}", f.display())),
+        ]
+    });
+    if let Some(f) = mine.iter().flatten().find(|f| f.exists()) {
+        let error = format!("unready as asked: {} exists", f.display());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "error": error})),
+        )
+            .into_response();
+    }
     let (pg, redis) = tokio::join!(app.check_postgres(), app.check_redis());
     let mut checks = Map::new();
     let mut failed = Vec::new();
@@ -289,20 +320,40 @@ async fn log_request(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Keeps `mib` more MiB resident every second, until the process ends.
-fn leak(mib: usize) -> anyhow::Result<()> {
+/// How many MiB the leak adds next: `per_sec`, but never past `up_to`.
+fn leak_step(held: usize, per_sec: usize, up_to: Option<usize>) -> usize {
+    match up_to {
+        None => per_sec,
+        Some(max) => per_sec.min(max.saturating_sub(held)),
+    }
+}
+
+/// Keeps `mib` more MiB resident every second, until the process ends or it
+/// holds `up_to` MiB; what it holds is kept until the process ends.
+fn leak(mib: usize, up_to: Option<usize>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("leak".into())
         .spawn(move || {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
+            let mut held = 0usize;
             loop {
+                let step = leak_step(held, mib, up_to);
+                if step == 0 {
+                    log(format_args!(
+                        "leak: holding {held} MiB, the most asked for (DEMO_LEAK_UP_TO_MB)"
+                    ));
+                    break;
+                }
                 // Non-zero bytes: every page is written, so it is really resident.
-                hoard.push(std::hint::black_box(vec![0xA5u8; mib << 20]));
-                log(format_args!(
-                    "leak: holding {} MiB",
-                    hoard.iter().map(Vec::len).sum::<usize>() >> 20
-                ));
+                hoard.push(std::hint::black_box(vec![0xA5u8; step << 20]));
+                held += step;
+                log(format_args!("leak: holding {held} MiB"));
                 std::thread::sleep(Duration::from_secs(1));
+            }
+            // Kept (and so resident, written once) until the process ends.
+            loop {
+                std::hint::black_box(&hoard);
+                std::thread::park();
             }
         })
         .context("cannot start the leak thread")?;
@@ -326,6 +377,9 @@ async fn serve(config: Config, app: App) -> anyhow::Result<()> {
     }
     if let Some(n) = config.leak_mib_per_sec {
         extras.push_str(&format!("; leaking {n} MiB/s"));
+        if let Some(m) = config.leak_up_to_mib {
+            extras.push_str(&format!(" up to {m} MiB"));
+        }
     }
     log(format_args!(
         "pave-demo listening on {addr} (pid {}; postgres: {}; redis: {}{extras})",
@@ -345,7 +399,7 @@ async fn serve(config: Config, app: App) -> anyhow::Result<()> {
         });
     }
     if let Some(mib) = config.leak_mib_per_sec {
-        leak(mib)?;
+        leak(mib, config.leak_up_to_mib)?;
     }
 
     let app = Arc::new(app);
@@ -409,5 +463,26 @@ pub fn run() -> u8 {
             log_err(format_args!("{e:#}"));
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leak_step;
+
+    #[test]
+    fn the_leak_stops_at_its_ceiling() {
+        assert_eq!(leak_step(0, 40, None), 40);
+        assert_eq!(leak_step(4000, 40, None), 40);
+        // 40, 40, then the 16 left, then nothing.
+        let mut held = 0;
+        let steps: Vec<usize> = std::iter::from_fn(|| {
+            let s = leak_step(held, 40, Some(96));
+            held += s;
+            (s > 0).then_some(s)
+        })
+        .collect();
+        assert_eq!((steps, held), (vec![40, 40, 16], 96));
+        assert_eq!(leak_step(0, 40, Some(10)), 10);
     }
 }

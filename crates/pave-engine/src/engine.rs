@@ -102,6 +102,9 @@ pub(crate) struct Inner {
     pub master_key: std::sync::RwLock<Option<pave_core::vault::MasterKey>>,
     /// One master key rotation at a time.
     pub rotation: tokio::sync::Mutex<()>,
+    /// Workload object → when the remediation sweep first saw a replica of it
+    /// running unready (cleared once all are ready).
+    pub not_ready_since: Mutex<HashMap<String, i64>>,
 }
 
 /// The engine. Cheap to clone.
@@ -152,6 +155,7 @@ impl Engine {
                 targets: Mutex::new(HashMap::new()),
                 master_key: std::sync::RwLock::new(config.master_key.clone()),
                 rotation: tokio::sync::Mutex::new(()),
+                not_ready_since: Mutex::default(),
                 config,
             }),
         }

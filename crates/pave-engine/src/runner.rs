@@ -287,6 +287,9 @@ impl Run {
         if let Some(r) = workloads::prepare(&self.engine, self.id(), idx, kind, spec).await {
             return r;
         }
+        if let Some(r) = crate::secrets::prepare_restore(&self.engine, kind, spec).await {
+            return r;
+        }
         if let Some(r) = crate::expand::prepare(&self.engine, kind, spec).await {
             return r;
         }

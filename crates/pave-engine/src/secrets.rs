@@ -19,6 +19,9 @@ use crate::resources::{PrepareError, Prepared};
 /// Where people's secrets are kept among an environment's secrets.
 pub const PREFIX: &str = "secret/";
 
+/// Where deleted secrets are kept (sealed, redacted like the others).
+pub const DELETED_PREFIX: &str = "deleted-secret/";
+
 const OPEN: &str = "${secret.";
 
 /// What replaces a secret value in anything a step sends back.
@@ -101,13 +104,26 @@ impl Engine {
     }
 
     /// Removes a secret.
+    /// The sealed value moves to the environment's deleted secrets, so that a
+    /// workload still referring to it can have it back (`secret.restore`).
     pub async fn delete_secret(&self, env: &str, name: &str, actor: &str) -> Result<(), EngineError> {
+        let full = format!("{PREFIX}{name}");
+        let sealed = self
+            .store()
+            .get_secret(env, &full)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("secret `{name}` in `{env}`")))?;
         self.inner
             .writer
             .write(vec![
+                WriteOp::PutSecret {
+                    env: env.to_string(),
+                    name: format!("{DELETED_PREFIX}{name}"),
+                    sealed,
+                },
                 WriteOp::DeleteSecret {
                     env: env.to_string(),
-                    name: format!("{PREFIX}{name}"),
+                    name: full,
                 },
                 WriteOp::Audit(AuditDraft {
                     actor: actor.to_string(),
@@ -373,4 +389,54 @@ pub async fn recover_key_file(
         let _ = std::fs::remove_file(&next);
         Ok(None)
     }
+}
+
+/// Prepares `restore_secret`: the deleted value is put back before the
+/// (no-op) command, in the same write as its audit event.
+pub(crate) async fn prepare_restore(
+    engine: &Engine,
+    kind: &str,
+    spec: &Value,
+) -> Option<Result<Prepared, PrepareError>> {
+    if kind != "restore_secret" {
+        return None;
+    }
+    let env = spec["env"].as_str().unwrap_or_default();
+    let name = spec["name"].as_str().unwrap_or_default();
+    let store = engine.store();
+    let current = store.get_secret(env, &format!("{PREFIX}{name}")).await;
+    let deleted = store.get_secret(env, &format!("{DELETED_PREFIX}{name}")).await;
+    Some(match (current, deleted) {
+        (Err(e), _) | (_, Err(e)) => Err(err("store_failed", e.to_string())),
+        // Already back (a retried step, or set again by a person): nothing to do.
+        (Ok(Some(_)), _) => Ok(Prepared {
+            payload: CommandPayload::Noop,
+            before: vec![],
+        }),
+        (Ok(None), Ok(None)) => Err(err(
+            "not_found",
+            format!("secret `{name}` was never deleted from `{env}` (or is gone for good)"),
+        )),
+        (Ok(None), Ok(Some(sealed))) => Ok(Prepared {
+            payload: CommandPayload::Noop,
+            before: vec![
+                WriteOp::PutSecret {
+                    env: env.to_string(),
+                    name: format!("{PREFIX}{name}"),
+                    sealed,
+                },
+                WriteOp::DeleteSecret {
+                    env: env.to_string(),
+                    name: format!("{DELETED_PREFIX}{name}"),
+                },
+                WriteOp::Audit(AuditDraft {
+                    actor: "system".into(),
+                    verb: "secret.restore".into(),
+                    object: format!("secret/{env}/{name}"),
+                    summary: format!("secret {name} restored in {env}"),
+                    details: json!({}),
+                }),
+            ],
+        }),
+    })
 }

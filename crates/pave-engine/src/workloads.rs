@@ -151,7 +151,10 @@ pub(crate) async fn plan_scale(engine: &Engine, env: &str, input: Value) -> Resu
     let s = ScaleInput::parse(input)?;
     let key = WorkloadKey::new(env, &s.name);
     let (cur, replicas) = serving_or_refuse(engine, &key).await?;
-    let input = json!({ "name": s.name, "replicas": s.replicas });
+    let input = match s.min_ready {
+        Some(m) => json!({ "name": s.name, "replicas": s.replicas, "min_ready": m }),
+        None => json!({ "name": s.name, "replicas": s.replicas }),
+    };
     let previous = Serving {
         revision: cur.revision,
         replicas,
@@ -160,14 +163,13 @@ pub(crate) async fn plan_scale(engine: &Engine, env: &str, input: Value) -> Resu
         revision: cur.revision,
         replicas: s.replicas,
     };
-    Ok(plan_activation(
-        env,
-        &s.name,
-        to,
-        previous,
-        s.ready_timeout_secs,
-        input,
-    )?)
+    let mut plan = plan_activation(env, &s.name, to, previous, s.ready_timeout_secs, input)?;
+    if let Some(m) = s.min_ready {
+        for step in plan.steps.iter_mut().filter(|s| s.kind == "await_workload") {
+            step.spec["min_ready"] = json!(m);
+        }
+    }
+    Ok(plan)
 }
 
 /// Plans `rollback`: revision `to`, or the previous one (the newest that
@@ -615,6 +617,7 @@ async fn prepare_await(engine: &Engine, action_id: &str, spec: &Value) -> Result
             timeout_ms: secs * 1000,
             fallback,
             apply: Some(Box::new(apply)),
+            min_ready: spec["min_ready"].as_u64().map(|m| m as u32),
         },
         before: vec![],
     })

@@ -65,13 +65,19 @@ pub async fn execute(
             timeout_ms,
             fallback,
             apply,
+            min_ready,
         } => {
             if let Some(spec) = apply {
                 if let Err(e) = target.apply(key, spec).await {
                     return Some(failed("workload_failed", e.to_string()));
                 }
             }
-            await_ready(target, key, *revision, *timeout_ms, fallback.as_deref(), token).await
+            let wait = Wait {
+                revision: *revision,
+                timeout_ms: *timeout_ms,
+                min_ready: *min_ready,
+            };
+            await_ready(target, key, wait, fallback.as_deref(), token).await
         }
         _ => return None,
     };
@@ -226,14 +232,26 @@ async fn not_ready_report(
     text
 }
 
+/// What a rollout waits for.
+struct Wait {
+    revision: i64,
+    timeout_ms: u64,
+    /// Ready replicas that suffice (default: all of them).
+    min_ready: Option<u32>,
+}
+
 async fn await_ready(
     target: &dyn Target,
     key: &WorkloadKey,
-    revision: i64,
-    timeout_ms: u64,
+    wait: Wait,
     fallback: Option<&WorkloadSpec>,
     token: CancellationToken,
 ) -> Outcome {
+    let Wait {
+        revision,
+        timeout_ms,
+        min_ready,
+    } = wait;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let mut pause = FIRST_POLL;
     loop {
@@ -242,7 +260,9 @@ async fn await_ready(
             Err(e) => return failed("workload_failed", e.to_string()),
         };
         let ready = status.of_revision(revision).filter(|r| r.ready).count() as u32;
-        if status.revision == Some(revision) && ready >= status.desired {
+        if status.revision == Some(revision)
+            && ready >= min_ready.unwrap_or(status.desired).min(status.desired)
+        {
             return Outcome::Succeeded {
                 output: serde_json::to_value(status).unwrap_or_default(),
             };

@@ -1,4 +1,4 @@
-//! `pave incidents list|get|apply|dismiss`.
+//! `pave incidents list|get|apply|keep|dismiss`.
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -15,6 +15,8 @@ pub enum IncidentsCmd {
     Get(IdArgs),
     /// Apply a proposal (default the first) as an action of yours.
     Apply(ApplyArgs),
+    /// Keep a temporary fix: it no longer reverts when its time is up.
+    Keep(IdArgs),
     /// Close an incident without acting.
     Dismiss(IdArgs),
 }
@@ -45,6 +47,10 @@ pub struct ApplyArgs {
     /// Which proposal (as `pave incidents get` numbers them).
     #[arg(long, default_value_t = 0)]
     pub proposal: usize,
+    /// Make the fix temporary: it reverts by itself after this long (`30m`,
+    /// `90s`) unless kept with `pave incidents keep`. Default: the proposal's own.
+    #[arg(long)]
+    pub ttl: Option<String>,
 }
 
 fn print_incident(i: &Value) {
@@ -65,13 +71,31 @@ fn print_incident(i: &Value) {
         );
     }
     for (n, p) in i["doc"]["proposals"].as_array().into_iter().flatten().enumerate() {
+        let temporary = match p["ttl_secs"].as_u64() {
+            Some(s) => format!(", temporary: {} min", s / 60),
+            None => String::new(),
+        };
         println!(
-            "  proposal {n}: {} {} — {} (risk: {})",
+            "  proposal {n}: {} {} — {} (risk: {}{temporary})",
             t(&p["type"]),
             p["params"],
             t(&p["expected_effect"]),
             t(&p["risk"])
         );
+    }
+    if let Some(at) = i["doc"]["applied"]["revert_at"].as_i64() {
+        let applied = &i["doc"]["applied"];
+        let when = chrono::DateTime::from_timestamp_millis(at)
+            .map(|d| d.format("%H:%M:%S").to_string())
+            .unwrap_or_default();
+        let what = if applied["reverted"] == true {
+            "reverted".to_string()
+        } else if applied["kept"] == true {
+            "kept".to_string()
+        } else {
+            format!("reverts at {when} unless kept (`pave incidents keep`)")
+        };
+        println!("  temporary fix: {what}");
     }
     for e in i["doc"]["timeline"].as_array().into_iter().flatten() {
         let at = e["at"].as_i64().unwrap_or_default();
@@ -121,12 +145,21 @@ pub async fn run(cmd: IncidentsCmd) -> anyhow::Result<i32> {
             let i: Value = client
                 .post(
                     &format!("/api/v1/incidents/{}/apply", a.id),
-                    &json!({ "proposal": a.proposal }),
+                    &json!({ "proposal": a.proposal, "ttl": a.ttl }),
                     &[],
                 )
                 .await?;
             if !output::structured(a.client.output, &i)? {
                 print_incident(&i);
+            }
+        }
+        IncidentsCmd::Keep(a) => {
+            let client = Client::from_args(&a.client)?;
+            let i: Value = client
+                .post(&format!("/api/v1/incidents/{}/keep", a.id), &json!({}), &[])
+                .await?;
+            if !output::structured(a.client.output, &i)? {
+                println!("incident {}: the fix stays after its time", a.id);
             }
         }
         IncidentsCmd::Dismiss(a) => {

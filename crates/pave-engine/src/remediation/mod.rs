@@ -21,6 +21,9 @@ use serde_json::{json, Value};
 use crate::engine::{Engine, Submission};
 use crate::error::EngineError;
 
+mod decide;
+mod detect;
+
 /// At most this many automatic remediations per environment per hour.
 const AUTO_BUDGET_PER_HOUR: usize = 5;
 
@@ -42,28 +45,12 @@ fn remediator() -> Principal {
     }
 }
 
-/// A detector's finding on one object.
-struct Finding {
-    object: String,
-    kind: &'static str,
-    name: String,
-    evidence: Value,
-    summary: String,
-}
-
-fn timeline(doc: &mut Value, phase: &str, message: String) {
+pub(super) fn timeline(doc: &mut Value, phase: &str, message: String) {
     let entry = json!({ "at": now_ms(), "phase": phase, "message": message });
     match doc["timeline"].as_array_mut() {
         Some(t) => t.push(entry),
         None => doc["timeline"] = json!([entry]),
     }
-}
-
-fn reason_of(state: &Value) -> Option<&str> {
-    state
-        .as_object()
-        .and_then(|m| m.values().next())
-        .and_then(|v| v["reason"].as_str())
 }
 
 impl Engine {
@@ -80,210 +67,6 @@ impl Engine {
         }
     }
 
-    async fn findings(&self, env: &str) -> Result<Vec<Finding>, EngineError> {
-        let mut out = Vec::new();
-        for w in self.store().list_workloads(env).await? {
-            let Some(current) = w.current_revision else {
-                continue;
-            };
-            let Ok(status) = self.workload_status(env, &w.name).await else {
-                continue;
-            };
-            let mine: Vec<&Value> = status["replicas"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["revision"] == current)
-                .collect();
-            // CrashLoopBackOff, or restarts piling up between two looks.
-            let crashing = mine.iter().any(|r| {
-                reason_of(&r["state"]) == Some("CrashLoopBackOff")
-                    || r["restart_count"].as_u64().is_some_and(|n| n >= CRASH_RESTARTS)
-            });
-            let oom = mine.iter().any(|r| {
-                reason_of(&r["state"]) == Some("OOMKilled")
-                    || reason_of(&r["last_state"]) == Some("OOMKilled")
-            });
-            let kind = if oom {
-                "oom_killed"
-            } else if crashing {
-                "crash_loop"
-            } else {
-                continue;
-            };
-            let secrets = self.secret_values(env).await;
-            let tail = self
-                .workload_logs(env, &w.name, None, 10)
-                .await
-                .unwrap_or_default()
-                .iter()
-                .map(|l| crate::secrets::redact(l, &secrets))
-                .collect::<Vec<_>>();
-            let replicas: Vec<Value> = mine
-                .iter()
-                .map(|r| {
-                    json!({
-                        "replica": r["index"], "state": r["state"], "last_state": r["last_state"],
-                        "restart_count": r["restart_count"],
-                    })
-                })
-                .collect();
-            let restarts: u64 = mine.iter().filter_map(|r| r["restart_count"].as_u64()).sum();
-            out.push(Finding {
-                object: format!("workload/{env}/{}", w.name),
-                kind,
-                name: w.name.clone(),
-                summary: format!(
-                    "{} of revision {current}: {} ({restarts} restarts)",
-                    w.name,
-                    if oom { "OOMKilled" } else { "CrashLoopBackOff" }
-                ),
-                evidence: json!({ "revision": current, "replicas": replicas, "log_tail": tail }),
-            });
-        }
-        for r in self.store().list_resources(Some(env)).await? {
-            let unhealthy = r.lifecycle == pave_core::resource::ResourceLifecycle::Ready
-                && r.health.as_deref().is_some_and(|h| h != "healthy");
-            if unhealthy {
-                out.push(Finding {
-                    object: format!("resource/{env}/{}", r.name),
-                    kind: "resource_unhealthy",
-                    name: r.name.clone(),
-                    summary: format!(
-                        "{} {} is unhealthy: {}",
-                        r.kind,
-                        r.name,
-                        r.health.clone().unwrap_or_default()
-                    ),
-                    evidence: json!({ "health": r.health, "checked_at": r.checked_at, "kind": r.kind }),
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// What pave itself changed last on a workload, and the proposals.
-    async fn decide(&self, env: &str, f: &Finding) -> Result<(Value, Vec<Value>), EngineError> {
-        if f.kind == "resource_unhealthy" {
-            let rca = json!({ "causes": [{
-                "cause": format!("the server of resource {} stopped answering its health check", f.name),
-                "confidence": 0.9, "evidence": ["health"],
-            }]});
-            let p = json!({
-                "type": "repair_resource", "params": { "name": f.name },
-                "action": { "kind": "resource.repair", "input": { "name": f.name } },
-                "expected_effect": "the server is started again with its data", "risk": "low",
-                "blast_radius": [f.object], "rollback": null,
-            });
-            return Ok((rca, vec![p]));
-        }
-        let revisions = self.store().list_revisions(env, &f.name).await?;
-        let current = f.evidence["revision"].as_i64().unwrap_or_default();
-        let cur = revisions.iter().find(|r| r.revision == current);
-        let prev = revisions.iter().rev().find(|r| r.revision < current);
-        let changed: Vec<String> = match (cur, prev) {
-            (Some(c), Some(p)) => {
-                let mut out = Vec::new();
-                for (k, v) in c.spec.as_object().into_iter().flatten() {
-                    if k == "env" {
-                        let (a, b) = (&c.spec["env"], &p.spec["env"]);
-                        for key in a
-                            .as_object()
-                            .into_iter()
-                            .flatten()
-                            .map(|(k, _)| k)
-                            .chain(b.as_object().into_iter().flatten().map(|(k, _)| k))
-                        {
-                            if a[key] != b[key] && !out.contains(&format!("env.{key}")) {
-                                out.push(format!("env.{key}"));
-                            }
-                        }
-                    } else if p.spec[k] != *v && k != "replicas" {
-                        out.push(k.clone());
-                    }
-                }
-                out
-            }
-            _ => vec![],
-        };
-        let change = match cur {
-            Some(c) => {
-                let action = self.store().get_action(&c.created_by).await?;
-                json!({
-                    "revision": c.revision, "action": c.created_by, "changed_fields": changed,
-                    "actor": action.as_ref().map(|a| a.actor.clone()),
-                    "at": c.created_at,
-                })
-            }
-            None => Value::Null,
-        };
-        let since = cur.map_or(0, |c| (now_ms() - c.created_at) / 1000);
-        let who = change["actor"].as_str().unwrap_or("someone").to_string();
-        let mut causes = Vec::new();
-        if f.kind == "oom_killed" {
-            let limit = cur.and_then(|c| c.spec["memory_limit_mb"].as_u64());
-            causes.push(json!({
-                "cause": format!("the replicas use more memory than their limit ({} MiB) and are killed",
-                    limit.map_or("none".into(), |l| l.to_string())),
-                "confidence": 0.9, "evidence": ["replicas[].state", "replicas[].last_state"],
-            }));
-        }
-        if !changed.is_empty() {
-            causes.push(json!({
-                "cause": format!(
-                    "crashing since revision {current}, which changed {}, deployed by {who} {since}s ago",
-                    changed.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" and ")
-                ),
-                "confidence": if since < 3600 { 0.9 } else { 0.5 },
-                "evidence": ["revision", "replicas[].restart_count", "log_tail"],
-            }));
-        } else if f.kind == "crash_loop" {
-            causes.push(json!({
-                "cause": format!("revision {current} keeps exiting; its own output is the best lead"),
-                "confidence": 0.4, "evidence": ["replicas[].last_state", "log_tail"],
-            }));
-        }
-        let mut proposals = Vec::new();
-        if f.kind == "oom_killed" {
-            let from = cur.and_then(|c| c.spec["memory_limit_mb"].as_u64()).unwrap_or(64);
-            let to = (from * 2).max(64);
-            proposals.push(json!({
-                "type": "raise_memory_limit", "params": { "container": f.name, "from": from, "to": to },
-                "action": { "kind": "deploy", "input": { "name": f.name, "memory_limit_mb": to } },
-                "expected_effect": format!("replicas run with {to} MiB and are no longer OOM-killed"),
-                "risk": "medium: more memory on the host", "blast_radius": [f.object],
-                "rollback": "the deploy's own rollback: the previous revision again",
-            }));
-        }
-        // The last revision with another template that served: pave's own record.
-        let good = revisions.iter().rev().filter(|r| r.revision < current).find(|r| {
-            let strip = |s: &Value| {
-                let mut s = s.clone();
-                if let Some(o) = s.as_object_mut() {
-                    o.remove("replicas");
-                }
-                s
-            };
-            cur.is_some_and(|c| strip(&c.spec) != strip(&r.spec))
-        });
-        if let Some(g) = good {
-            proposals.push(json!({
-                "type": "rollback_revision", "params": { "from": current, "to": g.revision },
-                "action": { "kind": "rollback", "input": { "name": f.name, "to": g.revision } },
-                "expected_effect": format!("revision {} serves again", g.revision),
-                "risk": "low: it served before", "blast_radius": [f.object],
-                "rollback": format!("make revision {current} current again"),
-            }));
-        }
-        proposals.push(json!({
-            "type": "restart", "params": { "name": f.name },
-            "action": { "kind": "restart", "input": { "name": f.name } },
-            "expected_effect": "fresh replicas of the same spec", "risk": "low",
-            "blast_radius": [f.object], "rollback": "the restart's own rollback",
-        }));
-        Ok((json!({ "causes": causes, "change": change }), proposals))
-    }
-
     async fn remediation_sweep(&self) -> Result<(), EngineError> {
         let incidents = self.store().list_incidents(false).await?;
         for env in self.store().list_environments().await? {
@@ -296,14 +79,22 @@ impl Engine {
             // Incidents in progress: remediating → verifying → resolved | escalated.
             for inc in incidents.iter().filter(|i| i.env == env.name) {
                 if matches!(inc.state.as_str(), "remediating" | "verifying") {
-                    // Held means: the detector quiet, and for a workload no replica
-                    // of what serves now restarted since the fix (stable counts).
-                    let firing = findings
-                        .iter()
-                        .any(|f| f.object == inc.object && f.kind == inc.kind)
-                        || (inc.state == "verifying" && self.restarted(&inc.object).await);
+                    let firing = if inc.doc["applied"]["type"] == "scale" {
+                        // A scale-up adds capacity; it holds when as many replicas
+                        // are ready as were wanted before it.
+                        let wanted = inc.doc["applied"]["params"]["from"].as_u64().unwrap_or(1);
+                        self.ready_replicas(&inc.object).await < wanted
+                    } else {
+                        // Held means: the detector quiet, and for a workload no
+                        // replica of what serves now restarted since the fix.
+                        findings
+                            .iter()
+                            .any(|f| f.object == inc.object && f.kind == inc.kind)
+                            || (inc.state == "verifying" && self.restarted(&inc.object).await)
+                    };
                     self.follow_up(inc.clone(), firing).await?;
                 }
+                self.revert_if_due(inc).await?;
             }
             for f in findings {
                 // One incident per object and kind; an escalated one stands for an
@@ -352,7 +143,7 @@ impl Engine {
                 if mode == "auto" && spent < AUTO_BUDGET_PER_HOUR {
                     inc.doc["auto_applied_at"] = json!(now);
                     self.store_incident(&inc, "incident.open").await?;
-                    if let Err(e) = self.apply_proposal(&inc.id, 0, &remediator()).await {
+                    if let Err(e) = self.apply_proposal(&inc.id, 0, None, &remediator()).await {
                         tracing::warn!(incident = %inc.id, error = %e, "could not remediate");
                     }
                 } else {
@@ -368,6 +159,91 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Ends a temporary fix whose time is up, unless a person kept it. A
+    /// fix still being verified is judged first (its revert would be taken
+    /// for a regression): it reverts once resolved.
+    async fn revert_if_due(&self, inc: &IncidentRecord) -> Result<(), EngineError> {
+        if inc.state != "resolved" {
+            return Ok(());
+        }
+        let applied = &inc.doc["applied"];
+        let due = applied["revert_at"].as_i64().is_some_and(|t| now_ms() >= t);
+        if !due || applied["kept"] == true || applied["reverted"] == true || applied["rolled_back"] == true {
+            return Ok(());
+        }
+        let Some(action_id) = applied["action"].as_str() else {
+            return Ok(());
+        };
+        // The fix must have ended before it can be undone; the next sweep retries.
+        match self.store().get_action(action_id).await? {
+            Some(a) if a.state.is_terminal() => {}
+            _ => return Ok(()),
+        }
+        let mut inc = inc.clone();
+        let how = match self.rollback(action_id, &remediator()).await {
+            Ok(_) => format!("its time is up: action {action_id} is being rolled back"),
+            Err(e) => format!("its time is up, but undoing action {action_id} failed: {e}"),
+        };
+        inc.doc["applied"]["reverted"] = json!(true);
+        timeline(&mut inc.doc, "revert", how);
+        inc.updated_at = now_ms();
+        self.store_incident(&inc, "incident.revert").await
+    }
+
+    /// Keeps a temporary fix: it no longer reverts by itself.
+    pub async fn keep_incident(&self, id: &str, who: &Principal) -> Result<IncidentRecord, EngineError> {
+        let mut inc = self
+            .store()
+            .get_incident(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("incident {id}")))?;
+        if !who.has(Role::Operator, &inc.env) {
+            return Err(pave_core::rbac::forbidden(who, Role::Operator, Some(&inc.env), "keep a fix").into());
+        }
+        let applied = &inc.doc["applied"];
+        if applied["revert_at"].is_null() {
+            return Err(EngineError::Conflict(format!(
+                "incident {id} has no temporary fix to keep"
+            )));
+        }
+        if applied["reverted"] == true || applied["rolled_back"] == true {
+            return Err(EngineError::Conflict(format!(
+                "the fix of incident {id} was already undone"
+            )));
+        }
+        if applied["kept"] != true {
+            inc.doc["applied"]["kept"] = json!(true);
+            timeline(
+                &mut inc.doc,
+                "decide",
+                format!("kept by {}: the fix stays after its time", who.user),
+            );
+            inc.updated_at = now_ms();
+            self.store_incident(&inc, "incident.keep").await?;
+        }
+        Ok(inc)
+    }
+
+    /// Ready replicas of the workload's current revision.
+    async fn ready_replicas(&self, object: &str) -> u64 {
+        let mut parts = object.splitn(3, '/');
+        let (Some("workload"), Some(env), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return 0;
+        };
+        let (Ok(Some(w)), Ok(status)) = (
+            self.store().get_workload(env, name).await,
+            self.workload_status(env, name).await,
+        ) else {
+            return 0;
+        };
+        status["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| w.current_revision.is_some_and(|c| r["revision"] == c) && r["ready"] == true)
+            .count() as u64
     }
 
     /// Whether a replica of the workload's current revision has restarted.
@@ -495,10 +371,13 @@ impl Engine {
     }
 
     /// Applies proposal `index` of an incident as an ordinary action of `who`.
+    /// A temporary proposal (`ttl_secs`) reverts by itself after `ttl`
+    /// (default: its own) unless kept; `ttl` makes any proposal temporary.
     pub async fn apply_proposal(
         &self,
         id: &str,
         index: usize,
+        ttl: Option<std::time::Duration>,
         who: &Principal,
     ) -> Result<IncidentRecord, EngineError> {
         let mut inc = self
@@ -527,13 +406,24 @@ impl Engine {
             })
             .await?;
         inc.state = "remediating".into();
-        inc.doc["applied"] =
-            json!({ "proposal": index, "type": p["type"], "action": action.id, "by": who.user });
+        inc.doc["applied"] = json!({
+            "proposal": index, "type": p["type"], "params": p["params"], "action": action.id, "by": who.user,
+        });
+        let ttl_ms = ttl
+            .map(|t| t.as_millis() as i64)
+            .or_else(|| p["ttl_secs"].as_i64().map(|s| s * 1000));
+        if let Some(ms) = ttl_ms {
+            inc.doc["applied"]["revert_at"] = json!(now_ms() + ms);
+        }
+        let temporary = match ttl_ms {
+            Some(ms) => format!("; reverts in {} s unless kept", ms / 1000),
+            None => String::new(),
+        };
         timeline(
             &mut inc.doc,
             "act",
             format!(
-                "{} applied by {} as action {} ({})",
+                "{} applied by {} as action {} ({}){temporary}",
                 p["type"].as_str().unwrap_or("?"),
                 who.user,
                 action.id,
