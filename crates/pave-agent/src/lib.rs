@@ -9,7 +9,9 @@
 pub mod embedded;
 pub mod local;
 pub mod protocol;
+pub mod remote;
 pub mod runtime;
 pub mod tls;
+pub mod wire;
 
 pub use embedded::{spawn_embedded, AgentLink};

@@ -18,6 +18,7 @@ mod openapi;
 mod people;
 mod policies;
 mod secrets;
+mod targets;
 
 use std::sync::Arc;
 
@@ -88,6 +89,10 @@ pub fn router(state: AppState) -> Router {
             "/environments/{name}/workloads/{workload}/logs",
             get(environments::workload_logs),
         )
+        .route("/targets", get(targets::list).post(targets::add))
+        .route("/targets/{name}", get(targets::get).delete(targets::remove))
+        .route("/targets/{name}/revoke-agent", post(targets::revoke))
+        .route("/targets/{name}/enrollments", post(targets::enrollment))
         .route("/users", get(people::list_users).post(people::create_user))
         .route("/teams", get(people::list_teams).post(people::create_team))
         .route("/teams/{name}/members", post(people::add_member))

@@ -40,6 +40,8 @@ impl Modify for BearerAuth {
         crate::people::create_team, crate::people::add_member, crate::people::remove_member,
         crate::people::list_tokens, crate::people::create_token, crate::people::revoke_token,
         crate::people::list_bindings, crate::people::bind, crate::people::unbind,
+        crate::targets::list, crate::targets::add, crate::targets::get, crate::targets::remove,
+        crate::targets::revoke, crate::targets::enrollment,
     ),
     components(schemas(crate::environments::EnvironmentDto, crate::environments::CreateEnvironment,
         crate::environments::UpdateEnvironment, crate::environments::WorkloadDto,
@@ -49,7 +51,8 @@ impl Modify for BearerAuth {
         crate::approvals::ApproveBody, crate::approvals::RejectBody,
         crate::incidents::ApplyProposal, crate::secrets::SecretDto, crate::secrets::SecretValue, crate::secrets::Rotation,
         crate::policies::PolicyModule, crate::policies::PolicySource, crate::policies::EvalRequest,
-        crate::policies::EvalResult, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+        crate::policies::EvalResult, crate::targets::NewTarget, crate::targets::NewEnrollment,
+        crate::targets::AddedTarget, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

@@ -87,6 +87,8 @@ pub fn bench_serve(pave: &Path, tmp_root: &Path, runs: usize, idle: Duration) ->
             .arg(dir.path())
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--agent-listen")
+            .arg(format!("127.0.0.1:{}", pave_testkit::free_port()))
             // The figure is for the default setup: SQLite in the data directory.
             .env_remove("PAVE_DATABASE_URL")
             .env_remove("PAVE_WORKERS")

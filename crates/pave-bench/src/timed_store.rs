@@ -292,6 +292,25 @@ impl Store for TimedStore {
         self.read(self.inner.count_unfinished_actions(env)).await
     }
 
+    async fn list_targets(&self) -> Result<Vec<pave_store::TargetRecord>> {
+        self.read(self.inner.list_targets()).await
+    }
+
+    async fn get_target(&self, name: &str) -> Result<Option<pave_store::TargetRecord>> {
+        self.read(self.inner.get_target(name)).await
+    }
+
+    async fn find_agent_credential(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<pave_store::AgentCredentialRecord>> {
+        self.read(self.inner.find_agent_credential(secret_hash)).await
+    }
+
+    async fn list_agent_credentials(&self, target: &str) -> Result<Vec<pave_store::AgentCredentialRecord>> {
+        self.read(self.inner.list_agent_credentials(target)).await
+    }
+
     async fn bench_single_row_commits(&self, n: u32) -> Result<Duration> {
         self.inner.bench_single_row_commits(n).await
     }

@@ -39,6 +39,8 @@ pub struct EngineConfig {
     pub approval_ttl: Duration,
     /// How often the remediation loop looks at workloads and resources.
     pub remediation_every: Duration,
+    /// A step whose remote agent stays away this long is `interrupted`.
+    pub agent_lost_after: Duration,
     /// How long a fix must hold (its detector quiet) to count as resolved.
     pub verify_window: Duration,
     /// Policy modules from the built-in pack and files; the API adds others
@@ -61,6 +63,7 @@ impl Default for EngineConfig {
             blueprints: Vec::new(),
             approval_ttl: Duration::from_secs(24 * 3600),
             remediation_every: Duration::from_secs(1),
+            agent_lost_after: Duration::from_secs(60),
             verify_window: Duration::from_secs(10),
             policy_files: Vec::new(),
         }
@@ -86,7 +89,9 @@ pub(crate) struct Inner {
     pub store: DynStore,
     pub writer: Batcher,
     pub config: EngineConfig,
-    pub agents: HashMap<String, AgentHub>,
+    /// Target → its agent: the embedded ones given at start, remote ones
+    /// added when first needed (a step to run, an agent dialling in).
+    pub agents: std::sync::RwLock<HashMap<String, AgentHub>>,
     pub policy: std::sync::RwLock<Arc<dyn Policy>>,
     /// Cancellation tokens of actions this node runs.
     pub running: Mutex<HashMap<String, CancellationToken>>,
@@ -146,7 +151,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 writer,
-                agents,
+                agents: std::sync::RwLock::new(agents),
                 policy: std::sync::RwLock::new(Arc::from(policy)),
                 running: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
@@ -550,6 +555,51 @@ impl Engine {
 
     /// The target an environment runs on. Cached: an environment's target never
     /// changes, and one with unfinished actions cannot be deleted.
+    /// The agent of `target`: the embedded one, or a remote agent's hub
+    /// (made on first use, whether or not the agent is connected yet) for a
+    /// target served by `pave agent`.
+    pub async fn hub(&self, target: &str) -> Result<AgentHub, String> {
+        if let Some(h) = self
+            .inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(target)
+        {
+            return Ok(h.clone());
+        }
+        match self.inner.store.get_target(target).await {
+            Ok(Some(t)) if t.agent => Ok(self.remote_hub(target)),
+            Ok(Some(_)) => Err(format!("no agent serves target `{target}`")),
+            Ok(None) => Err(format!("target `{target}` does not exist")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The hub of a remote agent's target, made if missing.
+    pub fn remote_hub(&self, target: &str) -> AgentHub {
+        self.inner
+            .agents
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(target.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets a removed target's hub (dropping its connection).
+    pub fn drop_hub(&self, target: &str) {
+        let hub = self
+            .inner
+            .agents
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(target);
+        if let Some(h) = hub {
+            h.disconnect();
+        }
+    }
+
     pub(crate) async fn target_of(&self, env: &str) -> Result<Option<String>, pave_store::StoreError> {
         if let Some(t) = self
             .inner

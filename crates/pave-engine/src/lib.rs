@@ -3,6 +3,7 @@
 //! back and resumes them. Every transition is written to the store (and the
 //! audit chain) before it is acted on.
 
+pub mod agent_listener;
 mod agents;
 mod approvals;
 mod engine;
@@ -14,12 +15,14 @@ mod remediation;
 mod resources;
 mod runner;
 mod secrets;
+mod targets;
 mod workloads;
 
-pub use agents::AgentHub;
+pub use agents::{AgentHub, AgentStatus};
 pub use engine::{Engine, EngineConfig, Submission};
 pub use error::EngineError;
 pub use expand::BUILTIN_ENVIRONMENT;
 pub use policy::{input_document, AllowAll, Decision, Policy};
 pub use secrets::{recover_key_file, redact, PREFIX as SECRET_PREFIX, REDACTED};
+pub use targets::TargetView;
 pub use workloads::LogFollow;

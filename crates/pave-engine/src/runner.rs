@@ -171,6 +171,14 @@ impl Run {
     }
 
     async fn forward(&mut self) -> Result<PassEnd, pave_store::StoreError> {
+        // A remote agent outlives its control plane: a step that was running
+        // there is asked for again under the same command id, which the agent
+        // runs at most once (it answers with the result it kept, or reports
+        // the command cut short by its own restart).
+        let remote = matches!(
+            self.engine.inner.store.get_target(&self.target).await,
+            Ok(Some(t)) if t.agent
+        );
         for i in 0..self.action.steps.len() {
             let step = self.action.steps[i].clone();
             match step.state {
@@ -188,7 +196,7 @@ impl Run {
                         PassEnd::Failed(error)
                     });
                 }
-                StepState::Running if !step.idempotent => {
+                StepState::Running if !step.idempotent && !remote => {
                     let error = ActionError {
                         step: Some(step.name.clone()),
                         code: "interrupted".into(),
@@ -235,7 +243,19 @@ impl Run {
                 Ok(p) => p,
                 Err((code, message)) => return self.fail_before_start(&step, &code, message).await,
             };
-            match self.execute(i, prepared, false, &step.kind, &step.spec).await? {
+            let resume = step.state == StepState::Running && !step.idempotent;
+            let prepared = if resume {
+                Prepared {
+                    before: vec![],
+                    ..prepared
+                }
+            } else {
+                prepared
+            };
+            match self
+                .execute(i, prepared, false, resume, &step.kind, &step.spec)
+                .await?
+            {
                 Ok(output) => self.action.steps[i].output = output,
                 Err(end) => return Ok(end),
             }
@@ -273,7 +293,7 @@ impl Run {
                     )))
                 }
             };
-            if let Err(end) = self.execute(i, prepared, true, &kind, &spec).await? {
+            if let Err(end) = self.execute(i, prepared, true, false, &kind, &spec).await? {
                 return Ok(end);
             }
         }
@@ -367,12 +387,18 @@ impl Run {
         i: usize,
         prepared: Prepared,
         compensation: bool,
+        resume: bool,
         kind: &str,
         spec: &Value,
     ) -> Result<Result<Value, PassEnd>, pave_store::StoreError> {
         let Prepared { payload, before } = prepared;
         let step = self.action.steps[i].clone();
-        let attempt = step.attempt + 1;
+        // Resumed: the same attempt, so the same command id.
+        let attempt = if resume {
+            step.attempt.max(1)
+        } else {
+            step.attempt + 1
+        };
         let (running, done) = if compensation {
             (StepState::Compensating, StepState::Compensated)
         } else {
@@ -430,9 +456,14 @@ impl Run {
                 } else {
                     message
                 };
+                // The agent went away, or was restarted, while the command ran:
+                // nobody knows what it did.
+                let cut_short = matches!(code.as_str(), "agent_lost" | "agent_restarted");
                 let e = self.step_error(&step, &code, message);
                 let state = if compensation {
                     StepState::Succeeded
+                } else if cut_short {
+                    StepState::Interrupted
                 } else {
                     StepState::Failed
                 };
@@ -489,7 +520,7 @@ impl Run {
             ));
         }
         self.write(ops).await?;
-        if let Some(hub) = self.engine.inner.agents.get(&self.target()) {
+        if let Ok(hub) = self.engine.hub(&self.target()).await {
             hub.ack(&command_id).await;
         }
         Ok(match end {
@@ -511,13 +542,28 @@ impl Run {
         secrets: &[String],
     ) -> Result<Outcome, pave_store::StoreError> {
         let target = self.target();
-        let Some(hub) = self.engine.inner.agents.get(&target).cloned() else {
-            return Ok(Outcome::Failed {
-                code: "agent_unavailable".into(),
-                message: format!("no agent serves target `{target}`"),
-                output: Value::Null,
-            });
+        let hub = match self.engine.hub(&target).await {
+            Ok(h) => h,
+            Err(message) => {
+                return Ok(Outcome::Failed {
+                    code: "agent_unavailable".into(),
+                    message,
+                    output: Value::Null,
+                })
+            }
         };
+        if !hub.is_embedded() {
+            // Commands leaving the control plane for another host are on the record.
+            self.write(vec![self.audit(
+                "agent.command",
+                format!("command {command_id} sent to the agent of target {target}"),
+                json!({ "command": command_id, "step": step.idx, "target": target, "kind": step.kind }),
+            )])
+            .await?;
+        }
+        let dispatched_at = now_ms();
+        let lost_after = self.engine.inner.config.agent_lost_after;
+        let mut away_check = tokio::time::interval(std::time::Duration::from_millis(500));
         let cmd = Command {
             id: command_id.clone(),
             action_id: self.id().to_string(),
@@ -601,6 +647,27 @@ impl Run {
                 _ = self.token.cancelled(), if !cancel_sent => {
                     cancel_sent = true;
                     hub.cancel(&command_id).await;
+                }
+                _ = away_check.tick() => {
+                    let Some(since) = hub.away_since(dispatched_at) else { continue };
+                    if now_ms() - since < lost_after.as_millis() as i64 {
+                        continue;
+                    }
+                    if !pending.is_empty() {
+                        self.write(vec![WriteOp::AppendLogs(std::mem::take(&mut pending))]).await?;
+                    }
+                    // The agent keeps the result if it comes back: unrouted, it
+                    // stays there for a retry to find (a retry is a new attempt).
+                    hub.forget(&command_id);
+                    return Ok(Outcome::Failed {
+                        code: "agent_lost".into(),
+                        message: format!(
+                            "the agent of target `{target}` has been away for {} s; the step's outcome is \
+                             unknown, so pave did not run it again",
+                            (now_ms() - since) / 1000
+                        ),
+                        output: Value::Null,
+                    });
                 }
             }
             if pending.is_empty() {

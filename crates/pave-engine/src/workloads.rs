@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 use crate::engine::Engine;
 use crate::resources::{PrepareError, Prepared};
 
+/// How long a read (status, logs) waits for the agent.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn err(code: &str, message: impl Into<String>) -> PrepareError {
     (code.to_string(), message.into())
 }
@@ -794,15 +797,28 @@ impl Engine {
         let (hub, id, mut rx) = self.send_query(env, payload).await?;
         let target = &hub.target;
         let hub = &hub.hub;
-        let outcome = loop {
-            match rx.recv().await {
-                Some(FromAgent::Result { outcome, .. }) => break Ok(outcome),
-                Some(_) => continue,
-                None => break Err(format!("the agent of target `{target}` went away")),
+        let answer = async {
+            loop {
+                match rx.recv().await {
+                    Some(FromAgent::Result { outcome, .. }) => break Ok(outcome),
+                    Some(_) => continue,
+                    None => break Err(format!("the agent of target `{target}` went away")),
+                }
             }
         };
-        hub.ack(&id).await;
-        outcome
+        match tokio::time::timeout(QUERY_TIMEOUT, answer).await {
+            Ok(outcome) => {
+                hub.ack(&id).await;
+                outcome
+            }
+            Err(_) => {
+                hub.forget(&id);
+                Err(format!(
+                    "the agent of target `{target}` did not answer within {} s",
+                    QUERY_TIMEOUT.as_secs()
+                ))
+            }
+        }
     }
 
     /// Sends a command that belongs to no action to the agent of `env`'s target.
@@ -816,12 +832,12 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("environment `{env}` does not exist"))?;
-        let hub = self
-            .inner
-            .agents
-            .get(&target)
-            .cloned()
-            .ok_or_else(|| format!("no agent serves target `{target}`"))?;
+        let hub = self.hub(&target).await?;
+        // A read answers now or not at all: it does not wait for an agent
+        // that is away (a step does, up to `agent_lost_after`).
+        if !hub.connected() {
+            return Err(format!("the agent of target `{target}` is not connected"));
+        }
         let cmd = Command {
             id: format!("query.{env}.{}", pave_core::ids::new_id()),
             action_id: String::new(),

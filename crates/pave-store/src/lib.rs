@@ -131,6 +131,18 @@ pub trait Store: Send + Sync + 'static {
     /// An environment by name.
     async fn get_environment(&self, name: &str) -> Result<Option<Environment>>;
 
+    /// Every target, by name.
+    async fn list_targets(&self) -> Result<Vec<TargetRecord>>;
+
+    /// A target by name.
+    async fn get_target(&self, name: &str) -> Result<Option<TargetRecord>>;
+
+    /// The agent credential whose secret has this hash, revoked ones included.
+    async fn find_agent_credential(&self, secret_hash: &str) -> Result<Option<AgentCredentialRecord>>;
+
+    /// The agent credentials of a target, revoked ones included, newest first.
+    async fn list_agent_credentials(&self, target: &str) -> Result<Vec<AgentCredentialRecord>>;
+
     /// Measures `n` single-row commits with this store's connection settings,
     /// each its own transaction; the baseline the engine benchmark compares to.
     async fn bench_single_row_commits(&self, n: u32) -> Result<std::time::Duration>;

@@ -204,6 +204,57 @@ pub enum WriteOp {
         /// The amendment they made to the input (a JSON merge patch).
         amendment: Option<Value>,
     },
+    /// Creates a target; one of that name is a conflict.
+    InsertTarget(TargetRecord),
+    /// Removes a target with its enrollments and agent credentials; an unknown
+    /// one is not found, one that environments run on is a precondition failure.
+    DeleteTarget(String),
+    /// Stores a single-use enrollment token (its hash) for a target, which
+    /// must exist; a token of that hash is a conflict.
+    InsertEnrollment {
+        /// Target the agent will serve.
+        target: String,
+        /// SHA-256 of the token, hex.
+        token_hash: String,
+        /// Milliseconds since the epoch.
+        created_at: i64,
+        /// Milliseconds since the epoch; from then on it can no longer be redeemed.
+        expires_at: i64,
+    },
+    /// Exchanges an enrollment token for an agent credential of its target:
+    /// marks the enrollment used and inserts the credential, both or neither.
+    /// An unknown (or revoked) token is not found; a used or expired one is a
+    /// precondition failure.
+    RedeemEnrollment {
+        /// SHA-256 of the token, hex.
+        token_hash: String,
+        /// Now, in milliseconds since the epoch (the token must expire after it).
+        at: i64,
+        /// Id of the new credential.
+        credential_id: String,
+        /// SHA-256 of the new credential's secret, hex.
+        secret_hash: String,
+        /// What the agent says about itself (version, host, …).
+        info: Value,
+    },
+    /// Revokes every credential of a target not revoked yet and removes its
+    /// unused enrollments; an unknown target is not found.
+    RevokeAgentCredentials {
+        /// Target.
+        target: String,
+        /// Milliseconds since the epoch.
+        at: i64,
+    },
+    /// Records that an agent was seen (and, given `info`, what it reported);
+    /// an unknown credential is not found.
+    TouchAgentCredential {
+        /// Credential id.
+        id: String,
+        /// Milliseconds since the epoch.
+        at: i64,
+        /// Replaces the credential's info when given.
+        info: Option<Value>,
+    },
     /// Replaces an action's input, object and steps (an approver amended the
     /// input before anything ran).
     ReplanAction {
@@ -450,6 +501,40 @@ pub struct TokenRecord {
     pub expires_at: Option<i64>,
     /// Milliseconds since the epoch.
     pub revoked_at: Option<i64>,
+}
+
+/// Where workloads run: this host, or a cluster or host served by an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    /// Name.
+    pub name: String,
+    /// `local` or `kubernetes`.
+    pub kind: String,
+    /// Whether a remote agent (`pave agent`) serves it, rather than the
+    /// control plane's embedded one.
+    pub agent: bool,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A long-lived credential of a remote agent. The hash of its secret is never
+/// part of the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentCredentialRecord {
+    /// Id.
+    pub id: String,
+    /// The target the agent serves.
+    pub target: String,
+    /// Milliseconds since the epoch (when its enrollment was redeemed).
+    pub created_at: i64,
+    /// Milliseconds since the epoch.
+    pub revoked_at: Option<i64>,
+    /// Milliseconds since the epoch of the agent's last contact.
+    pub last_seen_at: Option<i64>,
+    /// What the agent last reported about itself.
+    pub info: Value,
 }
 
 /// A named place bound to one target.

@@ -241,7 +241,13 @@ fn needs_savepoint(request: &[WriteOp]) -> bool {
         | WriteOp::RevokeToken { .. }
         | WriteOp::DecideApproval { .. }
         | WriteOp::DeleteSecret { .. }
-        | WriteOp::DeletePolicy { .. } => true,
+        | WriteOp::DeletePolicy { .. }
+        | WriteOp::InsertTarget(_)
+        | WriteOp::DeleteTarget(_)
+        | WriteOp::InsertEnrollment { .. }
+        | WriteOp::RedeemEnrollment { .. }
+        | WriteOp::RevokeAgentCredentials { .. }
+        | WriteOp::TouchAgentCredential { .. } => true,
         _ => false,
     })
 }
@@ -284,6 +290,37 @@ fn workload_from(
         created_at,
         updated_at,
     }
+}
+
+const TARGET_COLUMNS: &str = "name, kind, agent, labels, created_at";
+const AGENT_CREDENTIAL_COLUMNS: &str = "id, target, created_at, revoked_at, last_seen_at, info";
+
+type TargetRow = (String, String, i64, String, i64);
+
+fn target_from((name, kind, agent, labels, created_at): TargetRow) -> Result<TargetRecord> {
+    Ok(TargetRecord {
+        name,
+        kind,
+        agent: agent != 0,
+        labels: serde_json::from_str(&labels)
+            .map_err(|e| StoreError::Corrupt(format!("target labels: {e}")))?,
+        created_at,
+    })
+}
+
+type AgentCredentialRow = (String, String, i64, Option<i64>, Option<i64>, String);
+
+fn agent_credential_from(
+    (id, target, created_at, revoked_at, last_seen_at, info): AgentCredentialRow,
+) -> Result<AgentCredentialRecord> {
+    Ok(AgentCredentialRecord {
+        id,
+        target,
+        created_at,
+        revoked_at,
+        last_seen_at,
+        info: parse_json(&info, "agent info")?,
+    })
 }
 
 fn subject_parts(s: &pave_core::rbac::Subject) -> (&'static str, &str) {
@@ -948,6 +985,155 @@ macro_rules! sql_store {
                         }
                         Ok(OpResult::Done)
                     }
+                    WriteOp::InsertTarget(t) => {
+                        sqlx::query(
+                            "INSERT INTO targets (name, kind, agent, labels, created_at) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(&t.name)
+                        .bind(&t.kind)
+                        .bind(t.agent as i64)
+                        .bind(labels_text(&t.labels))
+                        .bind(t.created_at)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| conflict_as(e, format!("target `{}`", t.name)))?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::DeleteTarget(name) => {
+                        Self::require_target(conn, name).await?;
+                        let users: Vec<(String,)> =
+                            sqlx::query_as("SELECT name FROM environments WHERE target = $1 ORDER BY name")
+                                .bind(name)
+                                .fetch_all(&mut *conn)
+                                .await?;
+                        if !users.is_empty() {
+                            let names: Vec<String> = users.into_iter().map(|(n,)| n).collect();
+                            return Err(StoreError::Precondition {
+                                object: format!("target `{name}`"),
+                                current: format!("used by environment(s) {}", names.join(", ")),
+                                expected: "unused".into(),
+                            });
+                        }
+                        sqlx::query("DELETE FROM agent_enrollments WHERE target = $1")
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("DELETE FROM agent_credentials WHERE target = $1")
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("DELETE FROM targets WHERE name = $1")
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(|e| match &e {
+                                // An environment created on it meanwhile.
+                                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                                    StoreError::Precondition {
+                                        object: format!("target `{name}`"),
+                                        current: "used by an environment".into(),
+                                        expected: "unused".into(),
+                                    }
+                                }
+                                _ => StoreError::from(e),
+                            })?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::InsertEnrollment { target, token_hash, created_at, expires_at } => {
+                        Self::require_target(conn, target).await?;
+                        sqlx::query(
+                            "INSERT INTO agent_enrollments (token_hash, target, created_at, expires_at, used_at) \
+                             VALUES ($1, $2, $3, $4, NULL)",
+                        )
+                        .bind(token_hash)
+                        .bind(target)
+                        .bind(created_at)
+                        .bind(expires_at)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| conflict_as(e, "an enrollment token with this hash".into()))?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::RedeemEnrollment { token_hash, at, credential_id, secret_hash, info } => {
+                        let found: Option<(String, i64, Option<i64>)> = sqlx::query_as(concat!(
+                            "SELECT target, expires_at, used_at FROM agent_enrollments WHERE token_hash = $1",
+                            $for_update
+                        ))
+                        .bind(token_hash)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                        let Some((target, expires_at, used_at)) = found else {
+                            return Err(StoreError::NotFound("enrollment token".into()));
+                        };
+                        let refused = |current: &str| StoreError::Precondition {
+                            object: "this enrollment token".into(),
+                            current: current.into(),
+                            expected: "unused and unexpired".into(),
+                        };
+                        if used_at.is_some() {
+                            return Err(refused("already used"));
+                        }
+                        if expires_at <= *at {
+                            return Err(refused("expired"));
+                        }
+                        let r = sqlx::query(
+                            "UPDATE agent_enrollments SET used_at = $2 \
+                             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+                        )
+                        .bind(token_hash)
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(refused("already used"));
+                        }
+                        sqlx::query(
+                            "INSERT INTO agent_credentials (id, target, secret_hash, created_at, revoked_at, \
+                             last_seen_at, info) VALUES ($1, $2, $3, $4, NULL, NULL, $5)",
+                        )
+                        .bind(credential_id)
+                        .bind(&target)
+                        .bind(secret_hash)
+                        .bind(at)
+                        .bind(json_text(info))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| conflict_as(e, format!("agent credential `{credential_id}` (or its secret)")))?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::RevokeAgentCredentials { target, at } => {
+                        Self::require_target(conn, target).await?;
+                        // Enrollments first: a redemption running meanwhile (on
+                        // PostgreSQL) either finds its enrollment gone, or commits
+                        // before this delete goes on, and then its credential is
+                        // seen and revoked by the update below.
+                        sqlx::query("DELETE FROM agent_enrollments WHERE target = $1 AND used_at IS NULL")
+                            .bind(target)
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query(
+                            "UPDATE agent_credentials SET revoked_at = $2 WHERE target = $1 AND revoked_at IS NULL",
+                        )
+                        .bind(target)
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(OpResult::Done)
+                    }
+                    WriteOp::TouchAgentCredential { id, at, info } => {
+                        let r = sqlx::query(
+                            "UPDATE agent_credentials SET last_seen_at = $2, info = COALESCE($3, info) WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(at)
+                        .bind(info.as_ref().map(json_text))
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::NotFound(format!("agent credential `{id}`")));
+                        }
+                        Ok(OpResult::Done)
+                    }
                     WriteOp::InsertToken(t) => {
                         sqlx::query(
                             "INSERT INTO tokens (id, name, subject, hash, created_at, expires_at, revoked_at) \
@@ -964,6 +1150,21 @@ macro_rules! sql_store {
                         .await?;
                         Ok(OpResult::Done)
                     }
+                }
+            }
+
+            /// Fails with not found unless the target `name` exists. It takes no
+            /// row lock: the target's foreign keys keep its rows consistent, and
+            /// a lock here would deadlock with a concurrent redemption (which
+            /// locks the enrollment, then references the target).
+            async fn require_target(conn: &mut <$db as sqlx::Database>::Connection, name: &str) -> Result<()> {
+                let found: Option<(String,)> = sqlx::query_as("SELECT name FROM targets WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                match found {
+                    Some(_) => Ok(()),
+                    None => Err(StoreError::NotFound(format!("target `{name}`"))),
                 }
             }
 
@@ -1776,6 +1977,42 @@ macro_rules! sql_store {
                     })
                 })
                 .transpose()
+            }
+
+            async fn list_targets(&self) -> Result<Vec<TargetRecord>> {
+                let sql = format!("SELECT {TARGET_COLUMNS} FROM targets ORDER BY name");
+                let rows: Vec<TargetRow> = sqlx::query_as(AssertSqlSafe(sql)).fetch_all(self.reader()).await?;
+                rows.into_iter().map(target_from).collect()
+            }
+
+            async fn get_target(&self, name: &str) -> Result<Option<TargetRecord>> {
+                let sql = format!("SELECT {TARGET_COLUMNS} FROM targets WHERE name = $1");
+                let row: Option<TargetRow> = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(name)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.map(target_from).transpose()
+            }
+
+            async fn find_agent_credential(&self, secret_hash: &str) -> Result<Option<AgentCredentialRecord>> {
+                let sql = format!("SELECT {AGENT_CREDENTIAL_COLUMNS} FROM agent_credentials WHERE secret_hash = $1");
+                let row: Option<AgentCredentialRow> = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(secret_hash)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.map(agent_credential_from).transpose()
+            }
+
+            async fn list_agent_credentials(&self, target: &str) -> Result<Vec<AgentCredentialRecord>> {
+                let sql = format!(
+                    "SELECT {AGENT_CREDENTIAL_COLUMNS} FROM agent_credentials WHERE target = $1 \
+                     ORDER BY created_at DESC, id DESC"
+                );
+                let rows: Vec<AgentCredentialRow> = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(target)
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.into_iter().map(agent_credential_from).collect()
             }
 
             async fn bench_single_row_commits(&self, n: u32) -> Result<Duration> {

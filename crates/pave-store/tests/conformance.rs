@@ -416,6 +416,388 @@ async fn workloads_keep_immutable_revisions_and_a_current_one(store: DynStore) {
     assert!(store.list_revisions("local", "web").await.unwrap().is_empty());
 }
 
+fn target(name: &str, agent: bool, labels: &[(&str, &str)]) -> TargetRecord {
+    TargetRecord {
+        name: name.into(),
+        kind: "local".into(),
+        agent,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        created_at: 7,
+    }
+}
+
+fn enroll(target: &str, token_hash: &str, expires_at: i64) -> WriteOp {
+    WriteOp::InsertEnrollment {
+        target: target.into(),
+        token_hash: token_hash.into(),
+        created_at: 10,
+        expires_at,
+    }
+}
+
+fn redeem(token_hash: &str, at: i64, id: &str, secret_hash: &str) -> WriteOp {
+    WriteOp::RedeemEnrollment {
+        token_hash: token_hash.into(),
+        at,
+        credential_id: id.into(),
+        secret_hash: secret_hash.into(),
+        info: json!({"version": "1.0", "host": "edge-1"}),
+    }
+}
+
+async fn targets_round_trip_with_labels_and_the_agent_flag(store: DynStore) {
+    // The target the first migration made reads back with the new columns' defaults.
+    let local = store.get_target("local").await.unwrap().unwrap();
+    assert_eq!(
+        local,
+        TargetRecord {
+            created_at: 0,
+            ..target("local", false, &[])
+        }
+    );
+    let edge = target("edge", true, &[("region", "eu-west-1"), ("tier", "production")]);
+    let mut kube = target("a-cluster", false, &[]);
+    kube.kind = "kubernetes".into();
+    one(
+        &store,
+        vec![
+            WriteOp::InsertTarget(edge.clone()),
+            WriteOp::InsertTarget(kube.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.get_target("edge").await.unwrap(), Some(edge.clone()));
+    assert_eq!(store.get_target("nope").await.unwrap(), None);
+    let names: Vec<String> = store
+        .list_targets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["a-cluster", "edge", "local"]);
+    let dup = one(&store, vec![WriteOp::InsertTarget(target("edge", false, &[]))]).await;
+    match dup {
+        Err(e @ StoreError::Conflict(_)) => assert_eq!(e.to_string(), "target `edge` already exists"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.get_target("edge").await.unwrap(), Some(edge));
+    // An enrollment needs its target.
+    let r = one(&store, vec![enroll("nope", "h0", 100)]).await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound(ref w)) if w == "target `nope`"),
+        "{r:?}"
+    );
+}
+
+async fn an_enrollment_token_is_redeemed_once(store: DynStore) {
+    one(
+        &store,
+        vec![
+            WriteOp::InsertTarget(target("edge", true, &[])),
+            enroll("edge", "tok1", 1_000),
+            enroll("edge", "tok2", 1_000),
+        ],
+    )
+    .await
+    .unwrap();
+    let dup = one(&store, vec![enroll("edge", "tok1", 1_000)]).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+
+    one(&store, vec![redeem("tok1", 500, "cred1", "secret1")])
+        .await
+        .unwrap();
+    let cred = store.find_agent_credential("secret1").await.unwrap().unwrap();
+    assert_eq!(
+        cred,
+        AgentCredentialRecord {
+            id: "cred1".into(),
+            target: "edge".into(),
+            created_at: 500,
+            revoked_at: None,
+            last_seen_at: None,
+            info: json!({"version": "1.0", "host": "edge-1"}),
+        }
+    );
+    assert_eq!(store.find_agent_credential("tok1").await.unwrap(), None);
+
+    // Used, expired, unknown: refused, and nothing is written.
+    let before = audit_len(&store).await;
+    let answers = store
+        .write(vec![
+            vec![audit("rolled back"), redeem("tok1", 600, "cred2", "secret2")],
+            vec![audit("kept")],
+            vec![redeem("tok2", 1_000, "cred3", "secret3")],
+            vec![redeem("unknown", 600, "cred4", "secret4")],
+        ])
+        .await
+        .unwrap();
+    match &answers[0] {
+        Err(e @ StoreError::Precondition { current, .. }) => {
+            assert_eq!(current, "already used");
+            assert_eq!(
+                e.to_string(),
+                "this enrollment token is already used, not unused and unexpired"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(answers[1].is_ok());
+    match &answers[2] {
+        Err(e @ StoreError::Precondition { current, .. }) => {
+            assert_eq!(current, "expired");
+            assert_eq!(
+                e.to_string(),
+                "this enrollment token is expired, not unused and unexpired"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match &answers[3] {
+        Err(e @ StoreError::NotFound(_)) => assert_eq!(e.to_string(), "enrollment token not found"),
+        other => panic!("{other:?}"),
+    }
+    let events = store.audit_page(0, 10_000).await.unwrap();
+    assert_eq!(events.len(), before + 1);
+    assert_eq!(events.last().unwrap().summary, "kept");
+    for secret in ["secret2", "secret3", "secret4"] {
+        assert_eq!(store.find_agent_credential(secret).await.unwrap(), None);
+    }
+    // The expired token stays unused: still refused as expired, not as used.
+    let again = one(&store, vec![redeem("tok2", 2_000, "cred5", "secret5")]).await;
+    assert!(matches!(again, Err(StoreError::Precondition { ref current, .. }) if current == "expired"));
+    let ids: Vec<String> = store
+        .list_agent_credentials("edge")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, ["cred1"]);
+}
+
+async fn revoking_ends_credentials_and_unused_enrollments(store: DynStore) {
+    one(
+        &store,
+        vec![
+            WriteOp::InsertTarget(target("edge", true, &[])),
+            WriteOp::InsertTarget(target("other", true, &[])),
+            enroll("edge", "t1", 10_000),
+            enroll("edge", "t2", 10_000),
+            enroll("edge", "t3", 10_000),
+            enroll("other", "o1", 10_000),
+        ],
+    )
+    .await
+    .unwrap();
+    one(&store, vec![redeem("t1", 100, "c1", "s1")]).await.unwrap();
+    one(&store, vec![redeem("t2", 200, "c2", "s2")]).await.unwrap();
+    one(&store, vec![redeem("o1", 300, "o-c1", "os1")]).await.unwrap();
+    let newest_first: Vec<String> = store
+        .list_agent_credentials("edge")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(newest_first, ["c2", "c1"]);
+
+    one(
+        &store,
+        vec![WriteOp::RevokeAgentCredentials {
+            target: "edge".into(),
+            at: 400,
+        }],
+    )
+    .await
+    .unwrap();
+    let creds = store.list_agent_credentials("edge").await.unwrap();
+    assert!(creds.iter().all(|c| c.revoked_at == Some(400)), "{creds:?}");
+    assert_eq!(
+        store
+            .find_agent_credential("s1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(400)
+    );
+    // Another target's agent is untouched.
+    assert_eq!(
+        store
+            .find_agent_credential("os1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+    // The unused enrollment is gone with the revocation.
+    let r = one(&store, vec![redeem("t3", 500, "c3", "s3")]).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    assert_eq!(store.find_agent_credential("s3").await.unwrap(), None);
+    // A revocation keeps the time of the first one.
+    one(
+        &store,
+        vec![WriteOp::RevokeAgentCredentials {
+            target: "edge".into(),
+            at: 900,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .find_agent_credential("s2")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(400)
+    );
+    // A new enrollment afterwards works.
+    one(&store, vec![enroll("edge", "t4", 10_000)]).await.unwrap();
+    one(&store, vec![redeem("t4", 1_000, "c4", "s4")]).await.unwrap();
+    assert_eq!(
+        store
+            .find_agent_credential("s4")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+    let r = one(
+        &store,
+        vec![WriteOp::RevokeAgentCredentials {
+            target: "nope".into(),
+            at: 1,
+        }],
+    )
+    .await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound(ref w)) if w == "target `nope`"),
+        "{r:?}"
+    );
+}
+
+async fn a_target_in_use_is_not_deleted(store: DynStore) {
+    one(
+        &store,
+        vec![
+            WriteOp::InsertTarget(target("edge", true, &[])),
+            enroll("edge", "t1", 10_000),
+            enroll("edge", "t2", 10_000),
+        ],
+    )
+    .await
+    .unwrap();
+    one(&store, vec![redeem("t1", 100, "c1", "s1")]).await.unwrap();
+    for env in ["staging", "prod"] {
+        one(
+            &store,
+            vec![WriteOp::InsertEnvironment(Environment {
+                name: env.into(),
+                target: "edge".into(),
+                labels: Default::default(),
+                created_at: 1,
+            })],
+        )
+        .await
+        .unwrap();
+    }
+    let r = one(&store, vec![WriteOp::DeleteTarget("edge".into())]).await;
+    match r {
+        Err(e @ StoreError::Precondition { .. }) => assert_eq!(
+            e.to_string(),
+            "target `edge` is used by environment(s) prod, staging, not unused"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.get_target("edge").await.unwrap().is_some());
+    assert!(store.find_agent_credential("s1").await.unwrap().is_some());
+    for env in ["staging", "prod"] {
+        one(&store, vec![WriteOp::DeleteEnvironment(env.into())])
+            .await
+            .unwrap();
+    }
+    one(&store, vec![WriteOp::DeleteTarget("edge".into())])
+        .await
+        .unwrap();
+    assert!(store.get_target("edge").await.unwrap().is_none());
+    assert!(store.find_agent_credential("s1").await.unwrap().is_none());
+    assert!(store.list_agent_credentials("edge").await.unwrap().is_empty());
+    let r = one(&store, vec![WriteOp::DeleteTarget("edge".into())]).await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound(ref w)) if w == "target `edge`"),
+        "{r:?}"
+    );
+    // Its enrollments went with it: a target of that name made again starts afresh.
+    one(&store, vec![WriteOp::InsertTarget(target("edge", true, &[]))])
+        .await
+        .unwrap();
+    let r = one(&store, vec![redeem("t2", 200, "c2", "s2")]).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    one(&store, vec![enroll("edge", "t1", 10_000)]).await.unwrap();
+}
+
+async fn touching_a_credential_records_when_and_what(store: DynStore) {
+    one(
+        &store,
+        vec![
+            WriteOp::InsertTarget(target("edge", true, &[])),
+            enroll("edge", "t1", 10_000),
+        ],
+    )
+    .await
+    .unwrap();
+    one(&store, vec![redeem("t1", 100, "c1", "s1")]).await.unwrap();
+    one(
+        &store,
+        vec![WriteOp::TouchAgentCredential {
+            id: "c1".into(),
+            at: 200,
+            info: None,
+        }],
+    )
+    .await
+    .unwrap();
+    let c = store.find_agent_credential("s1").await.unwrap().unwrap();
+    assert_eq!(
+        (c.last_seen_at, c.info),
+        (Some(200), json!({"version": "1.0", "host": "edge-1"}))
+    );
+    one(
+        &store,
+        vec![WriteOp::TouchAgentCredential {
+            id: "c1".into(),
+            at: 300,
+            info: Some(json!({"version": "1.1", "kube": "v1.30"})),
+        }],
+    )
+    .await
+    .unwrap();
+    let c = store.find_agent_credential("s1").await.unwrap().unwrap();
+    assert_eq!(
+        (c.last_seen_at, c.info),
+        (Some(300), json!({"version": "1.1", "kube": "v1.30"}))
+    );
+    let r = one(
+        &store,
+        vec![WriteOp::TouchAgentCredential {
+            id: "nope".into(),
+            at: 1,
+            info: None,
+        }],
+    )
+    .await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -454,6 +836,11 @@ both!(
     lists_filter_and_paginate_newest_first,
     tokens_are_found_by_hash,
     workloads_keep_immutable_revisions_and_a_current_one,
+    targets_round_trip_with_labels_and_the_agent_flag,
+    an_enrollment_token_is_redeemed_once,
+    revoking_ends_credentials_and_unused_enrollments,
+    a_target_in_use_is_not_deleted,
+    touching_a_credential_records_when_and_what,
 );
 
 #[tokio::test(flavor = "multi_thread")]

@@ -154,6 +154,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ControlPlane> {
             blueprints,
             approval_ttl: args.approval_ttl,
             verify_window: args.verify_window,
+            agent_lost_after: args.agent_lost_after,
             ..EngineConfig::default()
         },
     );
@@ -234,6 +235,24 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// The agent listener's TLS: the files given, or a CA kept under
+/// `<data-dir>/tls/` with a certificate issued at each start for the names
+/// agents may dial (the listen address included, when it is a specific one).
+fn agent_tls(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<pave_agent::tls::ServerTls> {
+    use pave_agent::tls::ServerTls;
+    Ok(match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => ServerTls::from_files(cert, key)?,
+        _ => {
+            let mut sans = args.tls_sans.clone();
+            let ip = args.agent_listen.ip();
+            if !ip.is_unspecified() {
+                sans.push(ip.to_string());
+            }
+            ServerTls::generated(&data_dir.join("tls"), &sans)?
+        }
+    })
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     init_logging(&args.log_format)?;
@@ -246,6 +265,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
+    let agent_listener = tokio::net::TcpListener::bind(&args.agent_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "could not listen for agents on {} (choose another address with --agent-listen)",
+                args.agent_listen
+            )
+        })?;
+    let tls = agent_tls(&args, &cp.data_dir)?;
+    let agent_addr = agent_listener.local_addr()?;
+    tokio::spawn(pave_engine::agent_listener::serve(
+        cp.engine.clone(),
+        agent_listener,
+        tls.config.clone(),
+    ));
+    println!(
+        "Agents connect to wss://{agent_addr} (CA fingerprint {}{})",
+        tls.fingerprint,
+        match &args.tls_cert {
+            Some(_) => String::new(),
+            None => format!("; CA file {}", cp.data_dir.join("tls").join("ca.pem").display()),
+        }
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let app = pave_api::router(pave_api::AppState {
         engine: cp.engine.clone(),

@@ -442,7 +442,13 @@ fn failing_readiness_gets_temporary_capacity_and_a_deleted_secret_comes_back() {
     assert!(stderr(&out).contains("already undone"), "{}", stderr(&out));
 
     // Still failing: a new incident; this time the scale-up is kept.
-    let second = newest_incident(&server, env, "readiness_failing", std::slice::from_ref(&id1), &["open"]);
+    let second = newest_incident(
+        &server,
+        env,
+        "readiness_failing",
+        std::slice::from_ref(&id1),
+        &["open"],
+    );
     let id2 = second["id"].as_str().unwrap().to_string();
     ok(&server.cli(&[
         "incidents",
@@ -454,7 +460,13 @@ fn failing_readiness_gets_temporary_capacity_and_a_deleted_secret_comes_back() {
         "3s",
     ]));
     ok(&server.cli(&["incidents", "keep", &id2]));
-    newest_incident(&server, env, "readiness_failing", std::slice::from_ref(&id1), &["resolved"]);
+    newest_incident(
+        &server,
+        env,
+        "readiness_failing",
+        std::slice::from_ref(&id1),
+        &["resolved"],
+    );
     std::thread::sleep(Duration::from_secs(4));
     let i = server.cli_json(&["incidents", "get", &id2, "-o", "json"]);
     assert_eq!(

@@ -195,6 +195,10 @@ fn a_relative_data_dir_works_for_resources_like_the_default_does() {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .env(
+            "PAVE_AGENT_LISTEN",
+            format!("127.0.0.1:{}", pave_testkit::free_port()),
+        )
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

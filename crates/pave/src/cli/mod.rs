@@ -1,6 +1,7 @@
 //! The command line: one clap definition per verb group, and the dispatcher.
 
 mod actions;
+mod agent;
 mod approvals;
 mod audit;
 mod blueprints;
@@ -12,6 +13,7 @@ mod policy;
 mod resources;
 mod run;
 mod secrets;
+mod targets;
 mod workloads;
 
 use std::net::SocketAddr;
@@ -85,6 +87,11 @@ pub enum Command {
     /// Inspect and steer actions.
     #[command(subcommand)]
     Actions(actions::ActionsCmd),
+    /// Add, list, inspect and remove targets; revoke their agents.
+    #[command(subcommand)]
+    Targets(targets::TargetsCmd),
+    /// Serve a target from this host: dial out to the control plane and execute its commands.
+    Agent(agent::AgentArgs),
     /// Create, list, update, clone and delete environments.
     #[command(subcommand)]
     Env(env::EnvCmd),
@@ -165,6 +172,23 @@ pub struct ServeArgs {
     /// How long an action may wait for approval before it is rejected.
     #[arg(long, env = "PAVE_APPROVAL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub approval_ttl: Duration,
+    /// Address of the agent listener (always TLS; remote agents dial in here).
+    #[arg(long, env = "PAVE_AGENT_LISTEN", default_value = "127.0.0.1:7861")]
+    pub agent_listen: SocketAddr,
+    /// The agent listener's certificate chain (PEM); default: a CA and a
+    /// certificate generated under `<data-dir>/tls/` (`ca.pem`).
+    #[arg(long, env = "PAVE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "PAVE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// More names or addresses for the generated certificate (besides
+    /// localhost, 127.0.0.1, ::1, the host name and the listen address).
+    #[arg(long = "tls-san", env = "PAVE_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    /// A step whose remote agent stays away this long is `interrupted`.
+    #[arg(long, env = "PAVE_AGENT_LOST_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub agent_lost_after: Duration,
     /// On SIGTERM, how long running steps may take to finish.
     #[arg(long, env = "PAVE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -188,6 +212,8 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Tokens(cmd) => people::tokens(cmd).await,
         Command::Roles(cmd) => people::roles(cmd).await,
         Command::Env(cmd) => env::run(cmd).await,
+        Command::Targets(cmd) => targets::run(cmd).await,
+        Command::Agent(args) => agent::run(args).await,
         Command::Blueprint(cmd) => blueprints::run(cmd).await,
         Command::Provision(args) => resources::provision(args).await,
         Command::Resources(cmd) => resources::run(cmd).await,

@@ -44,6 +44,10 @@ impl Server {
         env: &[(&str, &str)],
     ) -> Server {
         let mut cmd = Command::new(pave_bin());
+        cmd.env(
+            "PAVE_AGENT_LISTEN",
+            format!("127.0.0.1:{}", pave_testkit::free_port()),
+        );
         cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .arg("--data-dir")

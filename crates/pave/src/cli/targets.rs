@@ -1,0 +1,242 @@
+//! `pave targets add|list|get|remove|revoke-agent|enroll`.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::ClientArgs;
+use crate::client::Client;
+use crate::{exit, output};
+
+#[derive(Debug, Subcommand)]
+pub enum TargetsCmd {
+    /// Add a target; with --agent it is served by `pave agent`, and a single-use enrollment token is printed.
+    Add(AddArgs),
+    /// List targets.
+    List(ListArgs),
+    /// Show a target: its agent's connection, last heartbeat, versions, capabilities, commands in flight.
+    Get(NameArgs),
+    /// Remove a target no environment uses.
+    Remove(NameArgs),
+    /// Revoke the target's agent: it is disconnected at once and refused from now on.
+    RevokeAgent(NameArgs),
+    /// Print a new single-use enrollment token for the target's agent.
+    Enroll(EnrollArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Name (lower-case letters, digits, '-').
+    pub name: String,
+    /// What it is: `local` (a host).
+    #[arg(long, default_value = "local")]
+    pub kind: String,
+    /// Served by a remote agent (`pave agent`) that dials out to this server.
+    #[arg(long)]
+    pub agent: bool,
+    /// A label (repeatable): `region=eu`.
+    #[arg(long = "label", value_name = "K=V", value_parser = super::run::parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// How long the enrollment token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub enrollment_ttl: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Target name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Target name.
+    pub name: String,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+}
+
+fn t(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn when(v: &Value) -> String {
+    v.as_i64().map(output::age).unwrap_or_else(|| "-".into())
+}
+
+fn print_target(v: &Value) {
+    println!(
+        "target {} · {} · {}",
+        t(&v["name"]),
+        t(&v["kind"]),
+        match v["agent"] {
+            Value::Bool(true) => "remote agent",
+            _ => "embedded agent",
+        }
+    );
+    if let Some(labels) = v["labels"].as_object().filter(|l| !l.is_empty()) {
+        let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", t(v))).collect();
+        println!("  labels: {}", text.join(", "));
+    }
+    let a = &v["agent_status"];
+    if !a.is_null() {
+        if a["connected"] == true {
+            println!(
+                "  agent: connected {} (since {})",
+                t(&a["hostname"]),
+                when(&a["connected_at"])
+            );
+        } else {
+            println!("  agent: disconnected (since {})", when(&a["disconnected_at"]));
+        }
+        println!("  last heartbeat: {}", when(&a["last_heartbeat_at"]));
+        println!(
+            "  agent version: {} · protocol version: {}",
+            t(&a["agent_version"]),
+            t(&a["protocol_version"])
+        );
+        let caps: Vec<String> = a["capabilities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(t)
+            .collect();
+        println!(
+            "  capabilities: {}",
+            if caps.is_empty() {
+                "-".into()
+            } else {
+                caps.join(", ")
+            }
+        );
+        println!("  commands in flight: {}", t(&a["commands_in_flight"]));
+    }
+    for c in v["credentials"].as_array().into_iter().flatten() {
+        println!(
+            "  credential {} · issued {} · last seen {}{}",
+            t(&c["id"]),
+            when(&c["created_at"]),
+            when(&c["last_seen_at"]),
+            if c["revoked_at"].is_null() {
+                ""
+            } else {
+                " · revoked"
+            }
+        );
+    }
+    let envs: Vec<String> = v["environments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(t)
+        .collect();
+    if !envs.is_empty() {
+        println!("  environments: {}", envs.join(", "));
+    }
+}
+
+pub async fn run(cmd: TargetsCmd) -> anyhow::Result<i32> {
+    match cmd {
+        TargetsCmd::Add(a) => {
+            let client = Client::from_args(&a.client)?;
+            let labels: BTreeMap<_, _> = a.labels.into_iter().collect();
+            let v: Value = client
+                .post(
+                    "/api/v1/targets",
+                    &json!({
+                        "name": a.name, "kind": a.kind, "agent": a.agent, "labels": labels,
+                        "enrollment_ttl_secs": a.enrollment_ttl.as_secs(),
+                    }),
+                    &[],
+                )
+                .await?;
+            if !output::structured(a.client.output, &v)? {
+                println!("target {} added", a.name);
+                if let Some(token) = v["enrollment_token"].as_str() {
+                    println!(
+                        "enrollment token (single use, valid {}):",
+                        humantime::format_duration(a.enrollment_ttl)
+                    );
+                    println!("  {token}");
+                    println!("start its agent with: pave agent --server wss://HOST:7861 --ca-file CA.pem --enroll TOKEN --data-dir DIR");
+                }
+            }
+        }
+        TargetsCmd::List(a) => {
+            let client = Client::from_args(&a.client)?;
+            let list: Vec<Value> = client.get("/api/v1/targets").await?;
+            if !output::structured(a.client.output, &list)? {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            t(&v["name"]),
+                            t(&v["kind"]),
+                            if v["agent"] == true {
+                                "remote".into()
+                            } else {
+                                "embedded".into()
+                            },
+                            when(&v["created_at"]),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "KIND", "AGENT", "AGE"], &rows);
+            }
+        }
+        TargetsCmd::Get(a) => {
+            let client = Client::from_args(&a.client)?;
+            let v: Value = client.get(&format!("/api/v1/targets/{}", a.name)).await?;
+            if !output::structured(a.client.output, &v)? {
+                print_target(&v);
+            }
+        }
+        TargetsCmd::Remove(a) => {
+            let client = Client::from_args(&a.client)?;
+            client.delete(&format!("/api/v1/targets/{}", a.name)).await?;
+            println!("target {} removed", a.name);
+        }
+        TargetsCmd::RevokeAgent(a) => {
+            let client = Client::from_args(&a.client)?;
+            client
+                .post_empty(&format!("/api/v1/targets/{}/revoke-agent", a.name), &json!({}))
+                .await?;
+            println!(
+                "the agent of target {} is revoked: disconnected, and refused from now on",
+                a.name
+            );
+        }
+        TargetsCmd::Enroll(a) => {
+            let client = Client::from_args(&a.client)?;
+            let v: Value = client
+                .post(
+                    &format!("/api/v1/targets/{}/enrollments", a.name),
+                    &json!({ "ttl_secs": a.ttl.as_secs() }),
+                    &[],
+                )
+                .await?;
+            if !output::structured(a.client.output, &v)? {
+                println!("{}", t(&v["enrollment_token"]));
+            }
+        }
+    }
+    Ok(exit::OK)
+}
