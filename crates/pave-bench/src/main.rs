@@ -3,7 +3,9 @@
 //! single-row commit rate, the footprint of `pave serve` (start-to-ready
 //! time and idle memory), and on the local target how long provisioning a
 //! PostgreSQL and deploying the demo service take through pave compared with
-//! doing the same by hand.
+//! doing the same by hand, and the remediation loop through a real `pave
+//! serve`: how soon a crash-looping revision becomes an incident, and the
+//! time from the bad deploy until pave has rolled it back and verified it.
 //!
 //! Temporary databases, data directories and the PostgreSQL cluster live under
 //! `$TMPDIR` (default `/tmp`), so every figure is taken on the same filesystem.
@@ -14,6 +16,7 @@ mod cpu;
 mod engine_bench;
 mod local_bench;
 mod policy_bench;
+mod remediation_bench;
 mod report;
 mod serve_bench;
 mod timed_store;
@@ -47,11 +50,14 @@ enum Section {
     Serve,
     /// Local target: PostgreSQL provision and demo deploy, through pave and by hand.
     Local,
+    /// The remediation loop through `pave serve`: crash → incident latency and MTTR.
+    Remediation,
 }
 
 /// Benchmarks pave: engine throughput against the database's raw commit rate
 /// (SQLite, PostgreSQL), `pave serve` start-to-ready time and idle memory, and
-/// local provision-to-ready and deploy-to-ready against doing it by hand.
+/// local provision-to-ready and deploy-to-ready against doing it by hand, and
+/// the remediation loop's crash → incident latency and MTTR.
 #[derive(Debug, Parser)]
 #[command(name = "pave-bench", version)]
 struct Args {
@@ -82,6 +88,9 @@ struct Args {
     /// Skip the local target figures (PostgreSQL provision, demo deploy).
     #[arg(long)]
     skip_local: bool,
+    /// Skip the remediation figures (crash → incident latency, MTTR).
+    #[arg(long)]
+    skip_remediation: bool,
     /// Run only these sections (comma-separated), e.g. `--only local`.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
@@ -98,6 +107,12 @@ struct Args {
     /// How many times `pave serve` is started for the start-to-ready time.
     #[arg(long, default_value_t = 5)]
     serve_runs: usize,
+    /// Rounds of the remediation figures (a fresh environment each).
+    #[arg(long, default_value_t = 3)]
+    remediation_rounds: usize,
+    /// The `--verify-window` of the server the remediation figures start, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    remediation_window: f64,
     /// Also print every figure as one JSON object, on stdout (the text report
     /// then goes to stderr).
     #[arg(long)]
@@ -148,6 +163,7 @@ async fn run(args: &Args, report: &mut Report) -> bool {
             "workers": args.workers,
             "commits": args.commits,
             "local_runs": args.local_runs,
+            "remediation_rounds": args.remediation_rounds,
             "tmp_dir": tmp.display().to_string(),
         }),
     );
@@ -217,6 +233,26 @@ async fn run(args: &Args, report: &mut Report) -> bool {
             }
         }
     }
+
+    if !wanted(args, Section::Remediation) {
+        report.set("remediation", json!({ "skipped": "--only" }));
+    } else if args.skip_remediation {
+        report.line("remediation skipped: --skip-remediation");
+        report.set("remediation", json!({ "skipped": "--skip-remediation" }));
+    } else {
+        match remediation_config(args, &tmp) {
+            Ok(cfg) => {
+                let (v, rem_ok) = remediation_bench::section(&cfg, report).await;
+                report.set("remediation", v);
+                ok &= rem_ok;
+            }
+            Err(e) => {
+                report.line(format!("remediation FAILED: {e:#}"));
+                report.set("remediation", json!({ "error": format!("{e:#}") }));
+                ok = false;
+            }
+        }
+    }
     ok
 }
 
@@ -246,6 +282,28 @@ fn local_config(args: &Args, tmp: &Path) -> Result<local_bench::LocalConfig> {
             None => next_to_exe("pave-demo")?,
         },
         runs: args.local_runs,
+    })
+}
+
+/// `DEMO_CRASH_AFTER_SECS` of the remediation figures' bad deploy.
+const REMEDIATION_CRASH_AFTER_SECS: u64 = 1;
+
+fn remediation_config(args: &Args, tmp: &Path) -> Result<remediation_bench::RemediationConfig> {
+    let window = Duration::try_from_secs_f64(args.remediation_window).with_context(|| {
+        format!(
+            "--remediation-window {} is not a duration",
+            args.remediation_window
+        )
+    })?;
+    Ok(remediation_bench::RemediationConfig {
+        tmp: tmp.to_path_buf(),
+        pave_bin: match &args.pave_bin {
+            Some(p) => p.clone(),
+            None => next_to_exe("pave")?,
+        },
+        rounds: args.remediation_rounds,
+        verify_window: window,
+        crash_after_secs: REMEDIATION_CRASH_AFTER_SECS,
     })
 }
 

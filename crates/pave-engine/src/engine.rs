@@ -62,7 +62,7 @@ impl Default for EngineConfig {
             health_every: Duration::from_secs(10),
             blueprints: Vec::new(),
             approval_ttl: Duration::from_secs(24 * 3600),
-            remediation_every: Duration::from_secs(1),
+            remediation_every: Duration::from_millis(500),
             agent_lost_after: Duration::from_secs(60),
             verify_window: Duration::from_secs(10),
             policy_files: Vec::new(),

@@ -659,13 +659,21 @@ impl Run {
                     // The agent keeps the result if it comes back: unrouted, it
                     // stays there for a retry to find (a retry is a new attempt).
                     hub.forget(&command_id);
+                    let away = (now_ms() - since) / 1000;
+                    let message = if hub.status().connected_at.is_none() {
+                        format!(
+                            "no agent of target `{target}` connected in {away} s (is `pave agent` running?); \
+                             the step was not run"
+                        )
+                    } else {
+                        format!(
+                            "the agent of target `{target}` has been away for {away} s; the step's outcome \
+                             is unknown, so pave did not run it again"
+                        )
+                    };
                     return Ok(Outcome::Failed {
                         code: "agent_lost".into(),
-                        message: format!(
-                            "the agent of target `{target}` has been away for {} s; the step's outcome is \
-                             unknown, so pave did not run it again",
-                            (now_ms() - since) / 1000
-                        ),
+                        message,
                         output: Value::Null,
                     });
                 }

@@ -155,6 +155,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ControlPlane> {
             approval_ttl: args.approval_ttl,
             verify_window: args.verify_window,
             agent_lost_after: args.agent_lost_after,
+            remediation_every: args.remediation_every.max(Duration::from_millis(50)),
             ..EngineConfig::default()
         },
     );

@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// How long a remediation must hold (its detector quiet) before its incident is resolved.
     #[arg(long, env = "PAVE_VERIFY_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
     pub verify_window: Duration,
+    /// How often the remediation sweep looks at every workload and resource
+    /// (the bound on crash → incident latency).
+    #[arg(long, env = "PAVE_REMEDIATION_EVERY", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub remediation_every: Duration,
     /// How long an action may wait for approval before it is rejected.
     #[arg(long, env = "PAVE_APPROVAL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub approval_ttl: Duration,

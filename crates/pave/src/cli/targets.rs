@@ -153,6 +153,24 @@ fn print_target(v: &Value) {
     }
 }
 
+/// How long `targets get` waits for a target's very first agent.
+const FIRST_CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A target served by a remote agent that has never connected, added (or
+/// its last credential issued) within the enrollment token's lifetime.
+fn awaits_first_agent(v: &Value) -> bool {
+    let now = chrono::Utc::now().timestamp_millis();
+    let recent = |t: &Value| t.as_i64().is_some_and(|t| now - t < 3_600_000);
+    let creds = v["credentials"].as_array().cloned().unwrap_or_default();
+    v["agent"] == true
+        && v["agent_status"]["connected"] != true
+        && v["agent_status"]["connected_at"].is_null()
+        && creds
+            .iter()
+            .all(|c| c["last_seen_at"].is_null() && c["revoked_at"].is_null())
+        && (recent(&v["created_at"]) || creds.iter().any(|c| recent(&c["created_at"])))
+}
+
 pub async fn run(cmd: TargetsCmd) -> anyhow::Result<i32> {
     match cmd {
         TargetsCmd::Add(a) => {
@@ -204,7 +222,18 @@ pub async fn run(cmd: TargetsCmd) -> anyhow::Result<i32> {
         }
         TargetsCmd::Get(a) => {
             let client = Client::from_args(&a.client)?;
-            let v: Value = client.get(&format!("/api/v1/targets/{}", a.name)).await?;
+            let path = format!("/api/v1/targets/{}", a.name);
+            let mut v: Value = client.get(&path).await?;
+            // An agent started a moment ago (`pave agent … &`) is still enrolling:
+            // give it a few seconds rather than report a target that never had one.
+            if awaits_first_agent(&v) {
+                eprintln!("waiting for the agent of {} to connect…", a.name);
+                let deadline = std::time::Instant::now() + FIRST_CONNECT_WAIT;
+                while awaits_first_agent(&v) && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    v = client.get(&path).await?;
+                }
+            }
             if !output::structured(a.client.output, &v)? {
                 print_target(&v);
             }
