@@ -18,6 +18,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::engine::Engine;
 
+/// Heartbeats (of 5 s) between two checks that the credential still holds.
+const REVALIDATE_EVERY: u32 = 6;
+
 /// Serves agents on `listener` until the engine stops.
 pub async fn serve(engine: Engine, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -158,6 +161,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut sink, mut stream) = ws.split();
     let mut heartbeat = tokio::time::interval(wire::HEARTBEAT_EVERY);
     let mut heard = tokio::time::Instant::now();
+    let mut beats = 0u32;
     let ended: String = loop {
         tokio::select! {
             frame = stream.next() => {
@@ -211,6 +215,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             _ = heartbeat.tick() => {
                 if heard.elapsed() > wire::SILENCE_LIMIT {
                     break format!("nothing heard from the agent for {} s", wire::SILENCE_LIMIT.as_secs());
+                }
+                // A revocation on another control plane reaches this
+                // connection within REVALIDATE_EVERY heartbeats.
+                beats += 1;
+                if beats.is_multiple_of(REVALIDATE_EVERY) {
+                    if let Err(why) = engine.authenticate_agent(credential).await {
+                        let _ = sink.send(wire::refusal(&why)).await;
+                        break why;
+                    }
                 }
                 let beat = ToAgent::Heartbeat { time: pave_core::time::now_ms() };
                 if let Err(e) = sink.send(wire::encode(&beat)).await {

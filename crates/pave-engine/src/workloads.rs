@@ -862,7 +862,13 @@ impl Engine {
         let (hub, id, rx) = self
             .send_query(env, CommandPayload::FollowWorkloadLogs { key, replica, tail })
             .await?;
-        Ok(LogFollow { hub: hub.hub, id, rx })
+        Ok(LogFollow {
+            hub: hub.hub,
+            id,
+            rx,
+            started: now_ms(),
+            lost_after: self.inner.config.agent_lost_after,
+        })
     }
 }
 
@@ -876,20 +882,35 @@ pub struct LogFollow {
     hub: crate::AgentHub,
     id: String,
     rx: tokio::sync::mpsc::UnboundedReceiver<FromAgent>,
+    started: i64,
+    /// A follow whose agent stays away this long ends with an error.
+    lost_after: std::time::Duration,
 }
 
 impl LogFollow {
     /// The next line, `Ok(None)` when the followed replicas are gone.
+    /// A short cut of a remote agent's connection only delays lines (the
+    /// agent sends them after the reconnect); a long one ends the follow.
     pub async fn next_line(&mut self) -> Result<Option<String>, String> {
+        let mut away_check = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
-            match self.rx.recv().await {
-                Some(FromAgent::Log { line, .. }) => return Ok(Some(line)),
-                Some(FromAgent::Result {
-                    outcome: Outcome::Failed { message, .. },
-                    ..
-                }) => return Err(message),
-                Some(FromAgent::Result { .. }) | None => return Ok(None),
-                Some(_) => continue,
+            tokio::select! {
+                m = self.rx.recv() => match m {
+                    Some(FromAgent::Log { line, .. }) => return Ok(Some(line)),
+                    Some(FromAgent::Result {
+                        outcome: Outcome::Failed { message, .. },
+                        ..
+                    }) => return Err(message),
+                    Some(FromAgent::Result { .. }) | None => return Ok(None),
+                    Some(_) => continue,
+                },
+                _ = away_check.tick() => {
+                    let Some(since) = self.hub.away_since(self.started) else { continue };
+                    let away = now_ms() - since;
+                    if away >= self.lost_after.as_millis() as i64 {
+                        return Err(format!("the agent has been away for {} s", away / 1000));
+                    }
+                }
             }
         }
     }

@@ -64,6 +64,10 @@ pub struct WorkloadSpec {
     pub memory_limit_mb: Option<u64>,
     #[serde(default)]
     pub cwd: Option<String>,
+    /// The container image (a Kubernetes target needs one; the local target
+    /// runs `command` on its host and ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 fn one() -> u32 {

@@ -59,6 +59,7 @@ impl Fixture {
             restart: RestartPolicy::Always,
             memory_limit_mb: None,
             cwd: None,
+            image: None,
         }
     }
 
