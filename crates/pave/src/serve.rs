@@ -76,6 +76,13 @@ fn set_private_umask() {
     }
 }
 
+/// How an agent of this binary starts the supervisor of one replica.
+pub fn shim_command() -> anyhow::Result<Vec<String>> {
+    let exe =
+        std::env::current_exe().context("could not find the pave executable (it supervises workloads)")?;
+    Ok(vec![exe.display().to_string(), "shim".to_string()])
+}
+
 /// Everything `serve` sets up before it listens.
 pub struct ControlPlane {
     pub engine: Engine,
@@ -122,13 +129,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ControlPlane> {
         state_dir: data_dir.join("agent"),
         resources_dir: data_dir.join("resources"),
         workloads_dir: data_dir.join("workloads"),
-        shim_command: vec![
-            std::env::current_exe()
-                .context("could not find the pave executable (it supervises workloads)")?
-                .display()
-                .to_string(),
-            "shim".to_string(),
-        ],
+        shim_command: shim_command()?,
     })
     .context("could not start the embedded agent")?;
     let mut agents = HashMap::new();

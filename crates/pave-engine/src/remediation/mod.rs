@@ -53,7 +53,23 @@ pub(super) fn timeline(doc: &mut Value, phase: &str, message: String) {
     }
 }
 
+/// Keeping or dismissing an incident is an operator's call in its environment.
+fn operator(who: &Principal, inc: &IncidentRecord, what: &str) -> Result<(), EngineError> {
+    if who.has(Role::Operator, &inc.env) {
+        Ok(())
+    } else {
+        Err(pave_core::rbac::forbidden(who, Role::Operator, Some(&inc.env), what).into())
+    }
+}
+
 impl Engine {
+    async fn incident(&self, id: &str) -> Result<IncidentRecord, EngineError> {
+        self.store()
+            .get_incident(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("incident {id}")))
+    }
+
     /// Runs the loop until the engine stops.
     pub(crate) async fn remediation_loop(self) {
         loop {
@@ -194,14 +210,8 @@ impl Engine {
 
     /// Keeps a temporary fix: it no longer reverts by itself.
     pub async fn keep_incident(&self, id: &str, who: &Principal) -> Result<IncidentRecord, EngineError> {
-        let mut inc = self
-            .store()
-            .get_incident(id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("incident {id}")))?;
-        if !who.has(Role::Operator, &inc.env) {
-            return Err(pave_core::rbac::forbidden(who, Role::Operator, Some(&inc.env), "keep a fix").into());
-        }
+        let mut inc = self.incident(id).await?;
+        operator(who, &inc, "keep a fix")?;
         let applied = &inc.doc["applied"];
         if applied["revert_at"].is_null() {
             return Err(EngineError::Conflict(format!(
@@ -226,43 +236,39 @@ impl Engine {
         Ok(inc)
     }
 
-    /// Ready replicas of the workload's current revision.
-    async fn ready_replicas(&self, object: &str) -> u64 {
+    /// The replicas (live status) of the current revision of the workload
+    /// `object` (`workload/ENV/NAME`); none when it cannot be read.
+    async fn current_replicas(&self, object: &str) -> Vec<Value> {
         let mut parts = object.splitn(3, '/');
         let (Some("workload"), Some(env), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
-            return 0;
+            return vec![];
         };
         let (Ok(Some(w)), Ok(status)) = (
             self.store().get_workload(env, name).await,
             self.workload_status(env, name).await,
         ) else {
-            return 0;
-        };
-        status["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| w.current_revision.is_some_and(|c| r["revision"] == c) && r["ready"] == true)
-            .count() as u64
-    }
-
-    /// Whether a replica of the workload's current revision has restarted.
-    async fn restarted(&self, object: &str) -> bool {
-        let mut parts = object.splitn(3, '/');
-        let (Some("workload"), Some(env), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
-            return false;
-        };
-        let Ok(Some(w)) = self.store().get_workload(env, name).await else {
-            return false;
-        };
-        let Ok(status) = self.workload_status(env, name).await else {
-            return false;
+            return vec![];
         };
         status["replicas"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|r| w.current_revision.is_some_and(|c| r["revision"] == c))
+            .cloned()
+            .collect()
+    }
+
+    /// Ready replicas of the workload's current revision.
+    async fn ready_replicas(&self, object: &str) -> u64 {
+        let replicas = self.current_replicas(object).await;
+        replicas.iter().filter(|r| r["ready"] == true).count() as u64
+    }
+
+    /// Whether a replica of the workload's current revision has restarted.
+    async fn restarted(&self, object: &str) -> bool {
+        let replicas = self.current_replicas(object).await;
+        replicas
+            .iter()
             .any(|r| r["restart_count"].as_u64().is_some_and(|n| n > 0))
     }
 
@@ -380,11 +386,7 @@ impl Engine {
         ttl: Option<std::time::Duration>,
         who: &Principal,
     ) -> Result<IncidentRecord, EngineError> {
-        let mut inc = self
-            .store()
-            .get_incident(id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("incident {id}")))?;
+        let mut inc = self.incident(id).await?;
         if inc.state != "open" {
             return Err(EngineError::Conflict(format!(
                 "incident {id} is {}, not open",
@@ -437,20 +439,8 @@ impl Engine {
 
     /// Closes an open incident without acting.
     pub async fn dismiss_incident(&self, id: &str, who: &Principal) -> Result<IncidentRecord, EngineError> {
-        let mut inc = self
-            .store()
-            .get_incident(id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("incident {id}")))?;
-        if !who.has(Role::Operator, &inc.env) {
-            return Err(pave_core::rbac::forbidden(
-                who,
-                Role::Operator,
-                Some(&inc.env),
-                "dismiss an incident",
-            )
-            .into());
-        }
+        let mut inc = self.incident(id).await?;
+        operator(who, &inc, "dismiss an incident")?;
         if !matches!(inc.state.as_str(), "open" | "escalated") {
             return Err(EngineError::Conflict(format!("incident {id} is {}", inc.state)));
         }

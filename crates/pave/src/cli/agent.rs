@@ -65,13 +65,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<i32> {
         server,
         pin: pin(&a),
         data_dir: data_dir.clone(),
-        shim_command: vec![
-            std::env::current_exe()
-                .context("could not find the pave executable (it supervises workloads)")?
-                .display()
-                .to_string(),
-            "shim".to_string(),
-        ],
+        shim_command: crate::serve::shim_command()?,
     };
     let credential = match (stored, &a.enroll) {
         (Some(c), Some(_)) => {
