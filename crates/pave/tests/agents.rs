@@ -149,6 +149,22 @@ fn an_agent_enrolls_once_runs_an_environment_on_its_own_host_and_is_revoked() {
     assert!(agent_dir.join("resources/edge-staging").exists());
     assert!(agent_dir.join("workloads/edge-staging").exists());
     assert!(!dir.path().join("pave-data/resources/edge-staging").exists());
+    // exec and logs reach the replicas through the agent.
+    let out = server.cli(&[
+        "exec",
+        "payments",
+        "--env",
+        "edge-staging",
+        "--",
+        "sh",
+        "-c",
+        "echo ${DATABASE_URL%%:*}",
+    ]);
+    ok(&out);
+    assert_eq!(stdout(&out).trim(), "postgresql");
+    let out = server.cli(&["logs", "payments", "--env", "edge-staging"]);
+    ok(&out);
+    assert!(stdout(&out).contains("pave-demo listening"), "{}", stdout(&out));
 
     // The token is spent.
     let again = Command::new(pave_bin())
