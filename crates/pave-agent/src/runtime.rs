@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use pave_targets::local::LocalTarget;
+use pave_targets::Target;
 
 use crate::local::job::{self, JobContext};
 use crate::local::workload;
@@ -137,8 +138,8 @@ fn valid_id(id: &str) -> bool {
 #[derive(Clone)]
 pub struct Runtime {
     dirs: Arc<AgentDirs>,
-    providers: Arc<pave_providers::LocalProviders>,
-    target: Arc<LocalTarget>,
+    providers: Arc<dyn pave_providers::Provider>,
+    target: Arc<dyn Target>,
     state: Arc<Mutex<State>>,
     journal: Option<Arc<Journal>>,
     out: mpsc::Sender<FromAgent>,
@@ -158,6 +159,18 @@ impl Runtime {
         dirs: AgentDirs,
         journal: Option<&Path>,
     ) -> std::io::Result<(Runtime, mpsc::Receiver<FromAgent>)> {
+        let providers = Arc::new(pave_providers::LocalProviders::new(&dirs.resources_dir)?);
+        let target = Arc::new(LocalTarget::new(&dirs.workloads_dir, dirs.shim_command.clone()));
+        Self::with_drivers(dirs, journal, target, providers)
+    }
+
+    /// A runtime over other drivers (a cluster's workloads and resources).
+    pub fn with_drivers(
+        dirs: AgentDirs,
+        journal: Option<&Path>,
+        target: Arc<dyn Target>,
+        providers: Arc<dyn pave_providers::Provider>,
+    ) -> std::io::Result<(Runtime, mpsc::Receiver<FromAgent>)> {
         std::fs::create_dir_all(&dirs.work_dir)?;
         std::fs::create_dir_all(&dirs.state_dir)?;
         let reaped = job::reap_orphans(&dirs.state_dir);
@@ -176,8 +189,6 @@ impl Runtime {
             None => None,
         };
         let (out, rx) = mpsc::channel(UPLINK_QUEUE);
-        let providers = Arc::new(pave_providers::LocalProviders::new(&dirs.resources_dir)?);
-        let target = Arc::new(LocalTarget::new(&dirs.workloads_dir, dirs.shim_command.clone()));
         Ok((
             Runtime {
                 dirs: Arc::new(dirs),
@@ -290,7 +301,7 @@ impl Runtime {
         tokio::spawn(async move {
             let outcome = match workload::execute(rt.target.as_ref(), &cmd, token.clone(), &rt.out).await {
                 Some(o) => o,
-                None => execute(&rt.dirs, &rt.providers, &cmd, token, &rt.out).await,
+                None => execute(&rt.dirs, rt.providers.as_ref(), &cmd, token, &rt.out).await,
             };
             if let Some(j) = &rt.journal {
                 j.write(
@@ -331,7 +342,7 @@ fn hostname() -> String {
 
 async fn execute(
     dirs: &AgentDirs,
-    providers: &pave_providers::LocalProviders,
+    providers: &dyn pave_providers::Provider,
     cmd: &Command,
     token: CancellationToken,
     out: &mpsc::Sender<FromAgent>,

@@ -48,6 +48,36 @@ fn traversable(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
 }
 
+/// What an agent needs of whatever provides its target's resources (local
+/// servers on its host; in-cluster StatefulSets on Kubernetes).
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Creates the resource and waits until it is healthy (idempotent).
+    async fn create(&self, req: &ResourceRequest) -> Result<Provisioned, ProviderError>;
+    /// Checks health with a real connection: `Ok(())` when healthy.
+    async fn check(&self, req: &ResourceRequest) -> Result<(), ProviderError>;
+    /// Brings back a resource whose server died, with its data.
+    async fn repair(&self, req: &ResourceRequest) -> Result<Provisioned, ProviderError>;
+    /// Stops the resource and removes its data (idempotent).
+    async fn delete(&self, req: &ResourceRequest) -> Result<(), ProviderError>;
+}
+
+#[async_trait::async_trait]
+impl Provider for LocalProviders {
+    async fn create(&self, req: &ResourceRequest) -> Result<Provisioned, ProviderError> {
+        LocalProviders::create(self, req).await
+    }
+    async fn check(&self, req: &ResourceRequest) -> Result<(), ProviderError> {
+        LocalProviders::check(self, req).await
+    }
+    async fn repair(&self, req: &ResourceRequest) -> Result<Provisioned, ProviderError> {
+        LocalProviders::repair(self, req).await
+    }
+    async fn delete(&self, req: &ResourceRequest) -> Result<(), ProviderError> {
+        LocalProviders::delete(self, req).await
+    }
+}
+
 /// The local providers, keeping each resource under `root/<env>/<name>`.
 #[derive(Debug, Clone)]
 pub struct LocalProviders {
