@@ -102,6 +102,9 @@ struct DeployInput {
     memory_limit_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cwd: Option<String>,
+    /// The container image (a Kubernetes target runs it; the local one runs `command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     revision_of: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -564,6 +567,7 @@ pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan
                 "readiness": d.readiness,
                 "memory_limit_mb": d.memory_limit_mb,
                 "cwd": d.cwd,
+                "image": d.image,
             });
             let input = serde_json::to_value(&d).map_err(|e| invalid(e.to_string()))?;
             rollout(env, &d.name, base, template, d.ready_timeout_secs, input)

@@ -336,7 +336,7 @@ async fn new_spec(
                 .spec
         }
     };
-    for field in ["command", "replicas", "port", "memory_limit_mb", "cwd"] {
+    for field in ["command", "replicas", "port", "memory_limit_mb", "cwd", "image"] {
         if !template[field].is_null() {
             spec[field] = template[field].clone();
         }
@@ -356,8 +356,11 @@ async fn new_spec(
     check["revision"] = json!(0);
     let parsed: WorkloadSpec = serde_json::from_value(check)
         .map_err(|e| err("invalid_spec", format!("the new revision is invalid: {e}")))?;
-    if parsed.command.first().is_none_or(|p| p.is_empty()) {
-        return Err(err("invalid_spec", "a workload needs a command"));
+    if parsed.command.first().is_none_or(|p| p.is_empty()) && parsed.image.is_none() {
+        return Err(err(
+            "invalid_spec",
+            "a workload needs a command (or, on a cluster, an image)",
+        ));
     }
     // Store the normalised form, so equal specs compare equal.
     let mut stored = serde_json::to_value(&parsed).unwrap_or_default();

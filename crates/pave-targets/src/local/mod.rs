@@ -573,7 +573,12 @@ fn conditions(
 
 fn validate(spec: &WorkloadSpec) -> Result<(), TargetError> {
     if spec.command.is_empty() || spec.command[0].is_empty() {
-        return Err(TargetError::Invalid("the command is empty".into()));
+        return Err(TargetError::Invalid(match &spec.image {
+            Some(image) => format!(
+                "the local target runs a command on its host, not an image ({image}): give the revision a command"
+            ),
+            None => "the command is empty".into(),
+        }));
     }
     for (k, v) in &spec.env {
         if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {

@@ -43,6 +43,9 @@ pub struct DeployArgs {
     /// Memory limit of each replica.
     #[arg(long)]
     pub memory_limit_mb: Option<u64>,
+    /// Container image (what a Kubernetes target runs; the local target runs the command).
+    #[arg(long)]
+    pub image: Option<String>,
     /// Working directory of the replicas.
     #[arg(long)]
     pub cwd: Option<String>,
@@ -227,6 +230,9 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<i32> {
     }
     if let Some(c) = a.cwd {
         input["cwd"] = json!(c);
+    }
+    if let Some(i) = a.image {
+        input["image"] = json!(i);
     }
     timeout(&mut input, a.ready_timeout);
     let action = submit(&client, "deploy", &a.env, input).await?;
