@@ -214,9 +214,11 @@ pub async fn run(
     });
     let mut backoff = Backoff::default();
     loop {
-        let started = tokio::time::Instant::now();
+        // A session the server greeted worked: the next cut starts the
+        // back-off over (a control plane restarting is back within seconds).
+        let mut greeted = false;
         let ended = tokio::select! {
-            r = session(&opts, &credential, &inbox, &mut uplink) => r,
+            r = session(&opts, &credential, &inbox, &mut uplink, &mut greeted) => r,
             _ = stop.cancelled() => {
                 runtime.stop_all();
                 return Ok(());
@@ -224,7 +226,7 @@ pub async fn run(
         };
         match ended {
             Err(RemoteError::Cut(why)) => {
-                if started.elapsed() > Duration::from_secs(10) {
+                if greeted {
                     backoff = Backoff::default();
                 }
                 let pause = backoff.next();
@@ -249,6 +251,7 @@ async fn session(
     credential: &Credential,
     inbox: &mpsc::Sender<ToAgent>,
     uplink: &mut mpsc::Receiver<FromAgent>,
+    greeted: &mut bool,
 ) -> Result<(), RemoteError> {
     let ws = dial(opts, wire::CONNECT_PATH, &credential.credential).await?;
     tracing::info!(server = %opts.server, target = %credential.target, "connected to the control plane");
@@ -275,6 +278,7 @@ async fn session(
                         return Err(RemoteError::Refused(why));
                     }
                     Ok(Frame::Message(m)) => {
+                        *greeted |= matches!(m, ToAgent::Hello { .. });
                         if inbox.send(m).await.is_err() {
                             return Ok(());
                         }

@@ -5,13 +5,16 @@
 //! PostgreSQL and deploying the demo service take through pave compared with
 //! doing the same by hand, and the remediation loop through a real `pave
 //! serve`: how soon a crash-looping revision becomes an incident, and the
-//! time from the bad deploy until pave has rolled it back and verified it.
+//! time from the bad deploy until pave has rolled it back and verified it,
+//! and 1,000 simulated remote agents on one `pave serve`: command dispatch
+//! latency, idle control-plane CPU and memory per connected agent.
 //!
 //! Temporary databases, data directories and the PostgreSQL cluster live under
 //! `$TMPDIR` (default `/tmp`), so every figure is taken on the same filesystem.
 //! A missed target is reported, not an error: the exit status is non-zero only
 //! when a measurement could not be taken.
 
+mod agents_bench;
 mod cpu;
 mod engine_bench;
 mod local_bench;
@@ -52,12 +55,15 @@ enum Section {
     Local,
     /// The remediation loop through `pave serve`: crash → incident latency and MTTR.
     Remediation,
+    /// Simulated remote agents on one `pave serve`: dispatch latency, idle CPU, memory per agent.
+    Agents,
 }
 
 /// Benchmarks pave: engine throughput against the database's raw commit rate
 /// (SQLite, PostgreSQL), `pave serve` start-to-ready time and idle memory, and
 /// local provision-to-ready and deploy-to-ready against doing it by hand, and
-/// the remediation loop's crash → incident latency and MTTR.
+/// the remediation loop's crash → incident latency and MTTR, and many remote
+/// agents on one `pave serve`.
 #[derive(Debug, Parser)]
 #[command(name = "pave-bench", version)]
 struct Args {
@@ -91,6 +97,9 @@ struct Args {
     /// Skip the remediation figures (crash → incident latency, MTTR).
     #[arg(long)]
     skip_remediation: bool,
+    /// Skip the remote agents figures (dispatch latency, idle CPU, memory per agent).
+    #[arg(long)]
+    skip_agents: bool,
     /// Run only these sections (comma-separated), e.g. `--only local`.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Section>,
@@ -113,6 +122,15 @@ struct Args {
     /// The `--verify-window` of the server the remediation figures start, in seconds.
     #[arg(long, default_value_t = 3.0)]
     remediation_window: f64,
+    /// Simulated remote agents connected to one `pave serve`.
+    #[arg(long, default_value_t = 1_000)]
+    agents: usize,
+    /// `noop` actions sent to the simulated agents for the dispatch latency.
+    #[arg(long, default_value_t = 2_000)]
+    agent_commands: usize,
+    /// Submits per second of those actions.
+    #[arg(long, default_value_t = 100.0)]
+    agent_rate: f64,
     /// Also print every figure as one JSON object, on stdout (the text report
     /// then goes to stderr).
     #[arg(long)]
@@ -164,6 +182,9 @@ async fn run(args: &Args, report: &mut Report) -> bool {
             "commits": args.commits,
             "local_runs": args.local_runs,
             "remediation_rounds": args.remediation_rounds,
+            "agents": args.agents,
+            "agent_commands": args.agent_commands,
+            "agent_rate": args.agent_rate,
             "tmp_dir": tmp.display().to_string(),
         }),
     );
@@ -253,6 +274,26 @@ async fn run(args: &Args, report: &mut Report) -> bool {
             }
         }
     }
+
+    if !wanted(args, Section::Agents) {
+        report.set("agents", json!({ "skipped": "--only" }));
+    } else if args.skip_agents {
+        report.line("agents    skipped: --skip-agents");
+        report.set("agents", json!({ "skipped": "--skip-agents" }));
+    } else {
+        match agents_config(args, &tmp) {
+            Ok(cfg) => {
+                let (v, agents_ok) = agents_bench::section(&cfg, report).await;
+                report.set("agents", v);
+                ok &= agents_ok;
+            }
+            Err(e) => {
+                report.line(format!("agents    FAILED: {e:#}"));
+                report.set("agents", json!({ "error": format!("{e:#}") }));
+                ok = false;
+            }
+        }
+    }
     ok
 }
 
@@ -304,6 +345,22 @@ fn remediation_config(args: &Args, tmp: &Path) -> Result<remediation_bench::Reme
         rounds: args.remediation_rounds,
         verify_window: window,
         crash_after_secs: REMEDIATION_CRASH_AFTER_SECS,
+    })
+}
+
+fn agents_config(args: &Args, tmp: &Path) -> Result<agents_bench::AgentsConfig> {
+    if !(args.agent_rate > 0.0 && args.agent_rate.is_finite()) {
+        anyhow::bail!("--agent-rate {} is not a positive rate", args.agent_rate);
+    }
+    Ok(agents_bench::AgentsConfig {
+        tmp: tmp.to_path_buf(),
+        pave_bin: match &args.pave_bin {
+            Some(p) => p.clone(),
+            None => next_to_exe("pave")?,
+        },
+        agents: args.agents,
+        commands: args.agent_commands,
+        rate: args.agent_rate,
     })
 }
 

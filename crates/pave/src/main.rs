@@ -12,7 +12,9 @@ mod watch;
 use clap::Parser;
 
 /// Restores the default SIGPIPE action, so that `pave … | head` ends quietly
-/// like other Unix tools instead of panicking on a closed pipe.
+/// like other Unix tools instead of panicking on a closed pipe. Only for the
+/// CLI: a server, an agent or a supervisor writing to a socket its peer reset
+/// must get EPIPE, not die of the signal.
 #[allow(unsafe_code)]
 fn default_sigpipe() {
     // SAFETY: signal(2) with SIG_DFL installs no handler code of ours.
@@ -22,7 +24,6 @@ fn default_sigpipe() {
 }
 
 fn main() {
-    default_sigpipe();
     // reqwest and sqlx both bring rustls; with two crypto providers compiled in,
     // one must be chosen before any TLS is used.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -34,6 +35,13 @@ fn main() {
             std::process::exit(code);
         }
     };
+    let long_running = matches!(
+        args.command,
+        cli::Command::Serve(_) | cli::Command::Agent(_) | cli::Command::Shim { .. } | cli::Command::Demo
+    );
+    if !long_running {
+        default_sigpipe();
+    }
     if let cli::Command::Shim { spec } = &args.command {
         std::process::exit(pave_targets::local::shim::run(spec));
     }

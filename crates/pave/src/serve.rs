@@ -210,7 +210,7 @@ async fn ensure_admin_token(cp: &ControlPlane) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: &str) -> anyhow::Result<()> {
+pub(crate) fn init_logging(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PAVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()

@@ -263,14 +263,39 @@ impl Relay {
         Relay { port, cut, live }
     }
 
+    /// Cuts hard: every connection is reset (RST, as a dead NAT or a
+    /// crashed peer does), so the server's next write fails with EPIPE.
     fn cut(&self, on: bool) {
         self.cut.store(on, Ordering::SeqCst);
         if on {
             for s in self.live.lock().unwrap().drain(..) {
-                let _ = s.shutdown(std::net::Shutdown::Both);
+                reset(&s);
+                drop(s);
             }
         }
     }
+}
+
+/// Makes closing `s` send a RST instead of a FIN (SO_LINGER with 0 s).
+#[allow(unsafe_code)]
+fn reset(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt(2) on a socket we own, with a pointer to a value that
+    // lives for the call and its exact size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
 }
 
 fn run_job(server: &Server, env: &str, script: &str) -> String {

@@ -3,14 +3,17 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, Subcommand};
 use pave_agent::remote::{self, RemoteError, RemoteOptions};
 use pave_agent::tls::CaPin;
 
 use crate::exit;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCmd>,
     /// The control plane's agent listener: `wss://HOST:7861` (`ws://` only to loopback).
     #[arg(long, env = "PAVE_AGENT_SERVER")]
     pub server: Option<String>,
@@ -18,14 +21,21 @@ pub struct AgentArgs {
     #[arg(long, env = "PAVE_ENROLL_TOKEN", hide_env_values = true)]
     pub enroll: Option<String>,
     /// Where the agent keeps its credential (0600), its journal and its work.
+    /// Needed to run the agent (not with a subcommand).
     #[arg(long, env = "PAVE_AGENT_DATA_DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// The CA that signed the server's certificate (`<server data dir>/tls/ca.pem`).
     #[arg(long, env = "PAVE_AGENT_CA_FILE", conflicts_with = "ca_fingerprint")]
     pub ca_file: Option<PathBuf>,
     /// The SHA-256 fingerprint of that CA, as `pave serve` prints it.
     #[arg(long, env = "PAVE_AGENT_CA_FINGERPRINT")]
     pub ca_fingerprint: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Print the Kubernetes YAML that installs this target's agent in a cluster (with a new enrollment token).
+    Manifest(super::manifest::ManifestArgs),
 }
 
 /// The CA pin: given, else the one a server on this host keeps in its
@@ -49,7 +59,18 @@ fn pin(a: &AgentArgs) -> Option<CaPin> {
 }
 
 pub async fn run(a: AgentArgs) -> anyhow::Result<i32> {
-    let data_dir = a.data_dir.clone();
+    // What the agent does (connects, loses the server, retries) is worth seeing.
+    crate::serve::init_logging(&std::env::var("PAVE_LOG_FORMAT").unwrap_or_else(|_| "text".into()))?;
+    if let Some(AgentCmd::Manifest(m)) = a.command {
+        return super::manifest::run(m).await;
+    }
+    let Some(data_dir) = a.data_dir.clone() else {
+        eprintln!(
+            "error: --data-dir is needed (or PAVE_AGENT_DATA_DIR): where the agent keeps its credential, \
+             e.g. pave agent --server wss://HOST:7861 --enroll TOKEN --data-dir /var/lib/pave-agent"
+        );
+        return Ok(exit::USAGE);
+    };
     std::fs::create_dir_all(&data_dir).with_context(|| format!("could not create {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&data_dir)
         .with_context(|| format!("could not resolve {}", data_dir.display()))?;

@@ -8,6 +8,7 @@ mod blueprints;
 mod env;
 mod incidents;
 mod login;
+mod manifest;
 mod people;
 mod policy;
 mod resources;
