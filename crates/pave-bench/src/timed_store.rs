@@ -223,6 +223,10 @@ impl Store for TimedStore {
         self.read(self.inner.list_workloads(env)).await
     }
 
+    async fn list_all_workloads(&self) -> Result<Vec<pave_store::WorkloadRecord>> {
+        self.read(self.inner.list_all_workloads()).await
+    }
+
     async fn get_revision(
         &self,
         env: &str,

@@ -89,6 +89,9 @@ pub trait Store: Send + Sync + 'static {
     /// Workloads of an environment, by name.
     async fn list_workloads(&self, env: &str) -> Result<Vec<WorkloadRecord>>;
 
+    /// Every environment's workloads, by environment and name (one read for a sweep).
+    async fn list_all_workloads(&self) -> Result<Vec<WorkloadRecord>>;
+
     /// Blueprints registered through the API, by name and version.
     async fn list_blueprints(&self) -> Result<Vec<BlueprintRecord>>;
 

@@ -1921,6 +1921,16 @@ macro_rules! sql_store {
                 Ok(row.map(workload_from))
             }
 
+            async fn list_all_workloads(&self) -> Result<Vec<WorkloadRecord>> {
+                let rows: Vec<WorkloadRow> = sqlx::query_as(
+                    "SELECT env, name, current_revision, replicas, created_at, updated_at FROM workloads \
+                     ORDER BY env, name",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows.into_iter().map(workload_from).collect())
+            }
+
             async fn list_workloads(&self, env: &str) -> Result<Vec<WorkloadRecord>> {
                 let rows: Vec<WorkloadRow> = sqlx::query_as(
                     "SELECT env, name, current_revision, replicas, created_at, updated_at FROM workloads \

@@ -402,6 +402,9 @@ async fn workloads_keep_immutable_revisions_and_a_current_one(store: DynStore) {
     assert_eq!(all.iter().map(|r| r.revision).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(store.list_workloads("local").await.unwrap().len(), 1);
     assert!(store.list_workloads("staging").await.unwrap().is_empty());
+    let all = store.list_all_workloads().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].env, "local");
     assert!(store.get_revision("local", "web", 3).await.unwrap().is_none());
     one(
         &store,

@@ -29,9 +29,16 @@ fn reason_of(state: &Value) -> Option<&str> {
 }
 
 impl Engine {
-    pub(super) async fn findings(&self, env: &str) -> Result<Vec<Finding>, EngineError> {
+    /// What is wrong in `env`, given the workloads and resources of every
+    /// environment (read once per sweep, not once per environment).
+    pub(super) async fn findings(
+        &self,
+        env: &str,
+        workloads: &[pave_store::WorkloadRecord],
+        resources: &[pave_core::resource::Resource],
+    ) -> Result<Vec<Finding>, EngineError> {
         let mut out = Vec::new();
-        for w in self.store().list_workloads(env).await? {
+        for w in workloads.iter().filter(|w| w.env == env) {
             let Some(current) = w.current_revision else {
                 continue;
             };
@@ -74,7 +81,7 @@ impl Engine {
                     ),
                 )
             } else {
-                if let Some(f) = self.missing_references(env, &w.name, current).await? {
+                if let Some(f) = self.missing_references(env, &w.name, current, resources).await? {
                     out.push(f);
                 }
                 continue;
@@ -109,7 +116,7 @@ impl Engine {
                 }),
             });
         }
-        for r in self.store().list_resources(Some(env)).await? {
+        for r in resources.iter().filter(|r| r.env == env) {
             let unhealthy = r.lifecycle == pave_core::resource::ResourceLifecycle::Ready
                 && r.health.as_deref().is_some_and(|h| h != "healthy");
             if unhealthy {
@@ -154,6 +161,7 @@ impl Engine {
         env: &str,
         workload: &str,
         current: i64,
+        resources: &[pave_core::resource::Resource],
     ) -> Result<Option<Finding>, EngineError> {
         let revisions = self.store().list_revisions(env, workload).await?;
         let Some(rev) = revisions.iter().find(|r| r.revision == current) else {
@@ -170,19 +178,16 @@ impl Engine {
             .into_iter()
             .map(|m| m.name.trim_start_matches(crate::secrets::PREFIX).to_string())
             .collect();
-        let resources: Vec<String> = self
-            .store()
-            .list_resources(Some(env))
-            .await?
-            .into_iter()
-            .filter(|r| r.lifecycle != pave_core::resource::ResourceLifecycle::Deleted)
-            .map(|r| r.name)
+        let resources: Vec<&str> = resources
+            .iter()
+            .filter(|r| r.env == env && r.lifecycle != pave_core::resource::ResourceLifecycle::Deleted)
+            .map(|r| r.name.as_str())
             .collect();
         let missing: Vec<Value> = refs
             .into_iter()
             .filter(|(kind, name, _)| match *kind {
                 "secret" => !secrets.contains(name),
-                _ => !resources.contains(name),
+                _ => !resources.contains(&name.as_str()),
             })
             .map(|(kind, name, var)| json!({ "kind": kind, "name": name, "variable": var }))
             .collect();

@@ -85,8 +85,10 @@ impl Engine {
 
     async fn remediation_sweep(&self) -> Result<(), EngineError> {
         let incidents = self.store().list_incidents(false).await?;
+        let workloads = self.store().list_all_workloads().await?;
+        let resources = self.store().list_resources(None).await?;
         for env in self.store().list_environments().await? {
-            let findings = self.findings(&env.name).await?;
+            let findings = self.findings(&env.name, &workloads, &resources).await?;
             let mode = env
                 .labels
                 .get("remediation")
