@@ -7,9 +7,15 @@
 //!
 //! `kubectl apply --dry-run=client` needs an API server even so: it maps
 //! kinds to resources through discovery and asks whether each object exists.
-//! The tests give it a fake one on 127.0.0.1 (discovery for the kinds used,
-//! 404 for every object) and `--validate=false`, since the OpenAPI schema
-//! kubectl validates with comes from a real server. The tests then check the
+//! kubectl talks, on 127.0.0.1, to the answers a real kube-apiserver v1.28.7
+//! gave (crates/pave-kube/fixtures, recorded from a real control plane; see
+//! shared/k8s-fixtures/README.md), not to a fake of ours: the recorded
+//! discovery documents, chosen by the Accept header as that server chooses;
+//! the resource list of a group version not recorded on its own, taken from
+//! the recorded aggregated discovery document (which lists every group's);
+//! and for every object the recorded NotFound Status, since nothing exists.
+//! No discovery is written by hand here. `--validate=false`, since the OpenAPI
+//! schema kubectl validates with was not recorded. The tests then check the
 //! objects' fields themselves.
 //!
 //! helm and kubectl must be installed (scripts/test.sh installs helm): a
@@ -111,54 +117,249 @@ fn kinds(docs: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
-// ----- a fake API server for kubectl -----
+// ----- kubectl against answers recorded from a real API server -----
 
-/// Answers discovery for the kinds the manifests use and 404 for any object;
-/// records the paths asked for.
-struct FakeApi {
-    port: u16,
-    seen: Arc<Mutex<Vec<String>>>,
+/// The fixtures recorded from kube-apiserver v1.28.7 (verbatim copies of
+/// shared/k8s-fixtures, whose README gives the format).
+const FIXTURES: &str = "crates/pave-kube/fixtures";
+
+/// One recorded exchange: what the real server answered to `method path`.
+struct Recorded {
+    method: String,
+    path: String,
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Recorded {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a recorded JSON body")
+    }
+}
+
+/// Every record of `FIXTURES/<file>`.
+fn recorded(file: &str) -> Vec<Recorded> {
+    let path = repo().join(FIXTURES).join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (a verbatim copy of shared/k8s-fixtures/{file})",
+            path.display()
+        )
+    });
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let s = |v: &Value| v.as_str().expect("a string field").to_string();
+            Recorded {
+                method: s(&r["method"]),
+                path: s(&r["path"]),
+                status: r["status"].as_u64().expect("status") as u16,
+                content_type: s(&r["response_headers"]["content-type"]),
+                body: s(&r["response_body"]),
+            }
+        })
+        .collect()
+}
+
+/// A media type (`application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList`):
+/// its `type/subtype` and the parameters that select a discovery format.
+fn media_type(s: &str) -> (String, [Option<String>; 3]) {
+    let mut parts = s.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or("").to_ascii_lowercase();
+    let params: Vec<(String, String)> = parts
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    (essence, [param("g"), param("v"), param("as")])
+}
+
+/// Of the records for one path, the one the real server sends for `accept`: the
+/// first media type of the header that a recorded content type satisfies. A
+/// plain `application/json` gets the legacy list; the aggregated document only
+/// goes to a client naming its group, version and kind (`as=APIGroupDiscoveryList`,
+/// `v=v2beta1`; a `v=v2` entry, which 1.28 does not serve, is passed over).
+/// kubectl 1.32 sends `application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json`
+/// for `/api` and `/apis`. The recording has the aggregated form of `/apis`
+/// only, so kubectl, with a legacy `/api`, then asks for each group version.
+fn negotiate<'a>(records: &[&'a Recorded], accept: &str) -> Option<&'a Recorded> {
+    let accept = if accept.trim().is_empty() { "*/*" } else { accept };
+    accept.split(',').find_map(|wanted| {
+        let (essence, params) = media_type(wanted);
+        records.iter().copied().find(|r| {
+            let (have, have_params) = media_type(&r.content_type);
+            let (kind, sub) = essence.split_once('/').unwrap_or((&essence, ""));
+            let type_ok =
+                essence == "*/*" || essence == have || (sub == "*" && have.starts_with(&format!("{kind}/")));
+            type_ok && params == have_params
+        })
+    })
+}
+
+/// `APIResourceList` of `group/version`, as the real server lists it, made from
+/// the recorded aggregated discovery document (which holds every group's
+/// resources) for a group version the recordings have no answer of its own for.
+fn resource_list(aggregated: &Value, group: &str, version: &str) -> Option<Value> {
+    let g = aggregated["items"]
+        .as_array()?
+        .iter()
+        .find(|g| g["metadata"]["name"] == group)?;
+    let v = g["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["version"] == version)?;
+    let mut resources = Vec::new();
+    for r in v["resources"].as_array()? {
+        let namespaced = r["scope"] == "Namespaced";
+        let entry = |name: Value, singular: &Value, kind: &Value, verbs: &Value| {
+            let mut e = json!({ "name": name, "singularName": singular, "namespaced": namespaced });
+            for key in ["group", "version"] {
+                if kind[key].as_str().is_some_and(|s| !s.is_empty()) {
+                    e[key] = kind[key].clone();
+                }
+            }
+            e["kind"] = kind["kind"].clone();
+            e["verbs"] = verbs.clone();
+            e
+        };
+        let mut main = entry(
+            r["resource"].clone(),
+            &r["singularResource"],
+            &r["responseKind"],
+            &r["verbs"],
+        );
+        for key in ["shortNames", "categories"] {
+            if r.get(key).is_some() {
+                main[key] = r[key].clone();
+            }
+        }
+        resources.push(main);
+        for s in r["subresources"].as_array().into_iter().flatten() {
+            let name = format!("{}/{}", r["resource"].as_str()?, s["subresource"].as_str()?);
+            resources.push(entry(name.into(), &json!(""), &s["responseKind"], &s["verbs"]));
+        }
+    }
+    Some(json!({ "kind": "APIResourceList", "apiVersion": "v1",
+                 "groupVersion": format!("{group}/{version}"), "resources": resources }))
+}
+
+/// The derivation gives what the real server listed for the one group version
+/// recorded both ways, `apps/v1` (but `storageVersionHash`, which aggregated
+/// discovery does not carry).
+fn check_derivation(discovery: &[Recorded]) {
+    let find = |accept: &str| {
+        let same: Vec<&Recorded> = discovery.iter().filter(|r| r.path == "/apis").collect();
+        negotiate(&same, accept).expect("a recorded /apis").json()
+    };
+    let aggregated = find("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList");
+    assert_eq!(find("application/json")["kind"], "APIGroupList");
+    let mut apps = discovery
+        .iter()
+        .find(|r| r.path == "/apis/apps/v1")
+        .expect("the recorded /apis/apps/v1")
+        .json();
+    for r in apps["resources"].as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("storageVersionHash");
+    }
+    assert_eq!(resource_list(&aggregated, "apps", "v1"), Some(apps));
+}
+
+/// The real server's 404 for the object at `path`: a recorded NotFound Status
+/// (errors.jsonl) with this object's resource, group and name. A path that
+/// names no object (`/openapi/v2`, not recorded) gets Go's plain 404, as the
+/// server's catch-all handler sends.
+fn not_found(errors: &[Recorded], path: &str) -> (u16, String, String) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => ("", &[][..]),
+    };
+    let (resource, name) = match rest {
+        ["namespaces", _, resource, name] | [resource, name] => (*resource, *name),
+        _ => {
+            return (
+                404,
+                "text/plain; charset=utf-8".into(),
+                "404 page not found\n".into(),
+            )
+        }
+    };
+    // The recorded 404s: a Deployment (details name, group, kind) and a core
+    // ConfigMap (details name, kind: the core group has no name).
+    let template = errors
+        .iter()
+        .filter(|r| r.status == 404 && r.json()["reason"] == "NotFound")
+        .find(|r| r.json()["details"].get("group").is_some() != group.is_empty())
+        .expect("a recorded 404 NotFound Status in errors.jsonl");
+    let mut status = template.json();
+    let qualified = if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    };
+    status["message"] = format!("{qualified} \"{name}\" not found").into();
+    status["details"]["name"] = name.into();
+    status["details"]["kind"] = resource.into();
+    if !group.is_empty() {
+        status["details"]["group"] = group.into();
+    }
+    (404, template.content_type.clone(), status.to_string())
+}
+
+/// The answer to `method path` with header `accept`: a recorded discovery
+/// answer, a group version derived from the recorded aggregated document, or
+/// the recorded shape of a 404 (nothing exists on this server).
+fn answer(
+    discovery: &[Recorded],
+    errors: &[Recorded],
+    method: &str,
+    path: &str,
+    accept: &str,
+) -> (u16, String, String) {
+    let same: Vec<&Recorded> = discovery
+        .iter()
+        .filter(|r| r.method == method && r.path == path)
+        .collect();
+    // Nothing acceptable (the real server would say 406): the first record.
+    if let Some(r) = negotiate(&same, accept).or(same.first().copied()) {
+        return (r.status, r.content_type.clone(), r.body.clone());
+    }
+    if let ["apis", group, version] = path.trim_matches('/').split('/').collect::<Vec<_>>()[..] {
+        let aggregated = discovery
+            .iter()
+            .find(|r| r.path == "/apis" && r.content_type.contains("as=APIGroupDiscoveryList"))
+            .expect("the recorded aggregated discovery of /apis");
+        if let Some(list) = resource_list(&aggregated.json(), group, version) {
+            return (200, "application/json".into(), list.to_string());
+        }
+    }
+    not_found(errors, path)
+}
+
+/// One request kubectl made.
+struct Asked {
+    method: String,
+    path: String,
+    accept: String,
+    /// The content type of the answer.
+    answered: String,
+}
+
+/// An HTTP server on 127.0.0.1 that answers with what kube-apiserver v1.28.7
+/// answered (see `answer`); records what it was asked.
+struct RecordedApi {
+    seen: Arc<Mutex<Vec<Asked>>>,
     dir: tempfile::TempDir,
 }
 
-fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
-    json!({
-        "name": name, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind,
-        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-    })
-}
-
-fn discovery(path: &str) -> Option<Value> {
-    let group = |name: &str| {
-        let gv = format!("{name}/v1");
-        json!({ "name": name, "versions": [{ "groupVersion": gv, "version": "v1" }],
-                "preferredVersion": { "groupVersion": gv, "version": "v1" } })
-    };
-    Some(match path {
-        "/api" => json!({ "kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1" }] }),
-        "/apis" => json!({ "kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [group("apps"), group("rbac.authorization.k8s.io")] }),
-        "/api/v1" => json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [
-            resource("namespaces", "Namespace", false),
-            resource("serviceaccounts", "ServiceAccount", true),
-            resource("secrets", "Secret", true),
-            resource("services", "Service", true),
-            resource("persistentvolumeclaims", "PersistentVolumeClaim", true),
-        ] }),
-        "/apis/apps/v1" => json!({ "kind": "APIResourceList", "groupVersion": "apps/v1",
-            "resources": [resource("deployments", "Deployment", true)] }),
-        "/apis/rbac.authorization.k8s.io/v1" => json!({ "kind": "APIResourceList",
-            "groupVersion": "rbac.authorization.k8s.io/v1", "resources": [
-            resource("clusterroles", "ClusterRole", false),
-            resource("clusterrolebindings", "ClusterRoleBinding", false),
-        ] }),
-        _ => return None,
-    })
-}
-
-impl FakeApi {
-    fn start() -> FakeApi {
+impl RecordedApi {
+    fn start() -> RecordedApi {
+        let discovery = Arc::new(recorded("discovery.jsonl"));
+        let errors = Arc::new(recorded("errors.jsonl"));
+        check_derivation(&discovery);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -166,7 +367,7 @@ impl FakeApi {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let s = s.clone();
+                let (s, discovery, errors) = (s.clone(), discovery.clone(), errors.clone());
                 std::thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
                     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
@@ -174,27 +375,38 @@ impl FakeApi {
                     if reader.read_line(&mut first).is_err() {
                         return;
                     }
+                    let mut accept = String::new();
                     loop {
                         let mut h = String::new();
                         if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
                             break;
                         }
+                        if let Some((name, value)) = h.split_once(':') {
+                            if name.trim().eq_ignore_ascii_case("accept") {
+                                accept = value.trim().to_string();
+                            }
+                        }
                     }
-                    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let path = path.split('?').next().unwrap_or("/").to_string();
-                    s.lock().unwrap().push(path.clone());
-                    let (status, body) = match discovery(&path) {
-                        Some(v) => ("200 OK", v),
-                        None => (
-                            "404 Not Found",
-                            json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                    "reason": "NotFound", "code": 404 }),
-                        ),
+                    let mut words = first.split_whitespace();
+                    let method = words.next().unwrap_or("GET").to_string();
+                    let target = words.next().unwrap_or("/");
+                    let path = target.split('?').next().unwrap_or("/").to_string();
+                    let (status, content_type, body) = answer(&discovery, &errors, &method, &path, &accept);
+                    s.lock().unwrap().push(Asked {
+                        method,
+                        path,
+                        accept,
+                        answered: content_type.clone(),
+                    });
+                    let reason = match status {
+                        200 => "OK",
+                        404 => "Not Found",
+                        _ => "",
                     };
-                    let body = body.to_string();
                     let _ = write!(
                         conn,
-                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
                 });
@@ -205,14 +417,14 @@ impl FakeApi {
             dir.path().join("kubeconfig"),
             format!(
                 "apiVersion: v1\nkind: Config\n\
-                 clusters: [{{name: fake, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
-                 users: [{{name: fake, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\n\
-                 current-context: fake\n"
+                 clusters: [{{name: recorded, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+                 users: [{{name: recorded, user: {{}}}}]\n\
+                 contexts: [{{name: recorded, context: {{cluster: recorded, user: recorded, namespace: default}}}}]\n\
+                 current-context: recorded\n"
             ),
         )
         .expect("kubeconfig");
-        FakeApi { port, seen, dir }
+        RecordedApi { seen, dir }
     }
 
     /// `kubectl apply --dry-run=client -f -`: returns kubectl's output.
@@ -228,12 +440,22 @@ impl FakeApi {
         let text = stdout(&out);
         let created = text.lines().filter(|l| l.ends_with("created (dry run)")).count();
         assert_eq!(created, documents(yaml).len(), "{text}\n{}", stderr(&out));
-        assert!(self.port > 0);
         text
     }
 
     fn asked_for(&self, path: &str) -> bool {
-        self.seen.lock().unwrap().iter().any(|p| p == path)
+        self.seen.lock().unwrap().iter().any(|a| a.path == path)
+    }
+
+    /// kubectl asked for `/apis` in the aggregated format and got the recorded
+    /// aggregated document.
+    fn served_aggregated_discovery(&self) -> bool {
+        self.seen.lock().unwrap().iter().any(|a| {
+            a.method == "GET"
+                && a.path == "/apis"
+                && a.accept.contains("as=APIGroupDiscoveryList")
+                && a.answered.contains("v=v2beta1;as=APIGroupDiscoveryList")
+        })
     }
 }
 
@@ -353,7 +575,7 @@ fn check_agent_deployment(d: &Value, secret: &str) {
 
 #[test]
 fn the_charts_pass_helm_lint_and_a_kubectl_dry_run() {
-    let api = FakeApi::start();
+    let api = RecordedApi::start();
     for chart in ["charts/pave-agent", "charts/demo"] {
         helm(&["lint", "--strict", chart]);
     }
@@ -508,13 +730,16 @@ fn the_agent_manifest_applies_grants_only_what_pave_needs_and_enrolls() {
     .map(String::from)
     .into();
     assert_eq!(kinds(&docs), expected);
-    let api = FakeApi::start();
+    let api = RecordedApi::start();
     let applied = api.apply_dry_run(&yaml);
     assert!(
         applied.contains("clusterrole.rbac.authorization.k8s.io/pave-agent created"),
         "{applied}"
     );
     assert!(api.asked_for("/api/v1/namespaces/pave-agent/secrets/pave-agent-enrollment"));
+    // The RBAC kinds resolved through a list derived from the aggregated document.
+    assert!(api.served_aggregated_discovery());
+    assert!(api.asked_for("/apis/rbac.authorization.k8s.io/v1"));
 
     // Exactly the driver's access, no wildcard.
     let role = kind(&docs, "ClusterRole");
