@@ -80,9 +80,15 @@ pub fn refusal(reason: &str) -> Message {
     }))
 }
 
+/// Bytes read from the socket at a time: a TLS record at most. tungstenite's
+/// default (128 KiB, zeroed before each read) was most of what an idle agent
+/// connection cost the server.
+pub const READ_BUFFER: usize = 16 * 1024;
+
 /// Frame limits for both ends.
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
 }
