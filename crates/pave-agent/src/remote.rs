@@ -256,7 +256,11 @@ async fn session(
     let ws = dial(opts, wire::CONNECT_PATH, &credential.credential).await?;
     tracing::info!(server = %opts.server, target = %credential.target, "connected to the control plane");
     let (mut sink, mut stream) = ws.split();
-    let mut heartbeat = tokio::time::interval(wire::HEARTBEAT_EVERY);
+    // The first beat one period in: a hello goes first on a new connection.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + wire::HEARTBEAT_EVERY,
+        wire::HEARTBEAT_EVERY,
+    );
     let mut heard = tokio::time::Instant::now();
     let cut = |e: String| RemoteError::Cut(e);
     loop {

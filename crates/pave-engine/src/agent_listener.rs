@@ -159,7 +159,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     let (mut sink, mut stream) = ws.split();
-    let mut heartbeat = tokio::time::interval(wire::HEARTBEAT_EVERY);
+    // The first beat one period in: a hello goes first on a new connection.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + wire::HEARTBEAT_EVERY,
+        wire::HEARTBEAT_EVERY,
+    );
     let mut heard = tokio::time::Instant::now();
     let mut beats = 0u32;
     let ended: String = loop {
