@@ -29,7 +29,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +47,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::report::{round, thousands, verdict, Report};
+use crate::serve_child::ServeChild;
 
 /// Target of the command dispatch latency's p99.
 pub const TARGET_DISPATCH_P99_MS: f64 = 100.0;
@@ -68,9 +68,6 @@ const BASELINE_WINDOW: Duration = Duration::from_secs(10);
 const EMPTY_WINDOW: Duration = Duration::from_secs(5);
 /// Longest wait for the last command's ack after the last submit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest `pave serve` may take to answer `/readyz`, and to stop.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest one HTTP call or one dial may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Clock ticks per second of /proc's utime and stime (USER_HZ).
@@ -98,7 +95,7 @@ pub async fn section(cfg: &AgentsConfig, report: &Report) -> (Value, bool) {
     let mut result = run(cfg, report, &mut server).await;
     if let (Err(e), Some(s)) = (&mut result, server.as_mut()) {
         // Say why when the server is the one that failed.
-        let exited = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        let exited = s.0.exited();
         if let Some(status) = exited {
             let why = format!("pave serve exited with {status}: {}", s.log_tail());
             *e = anyhow::anyhow!("{e:#}; {why}");
@@ -854,103 +851,28 @@ async fn agent(ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 // ---------------------------------------------------------------------------
 // `pave serve`
 
-/// A `pave serve` child process over a fresh data directory; killed when dropped.
-struct Server {
-    child: Option<Child>,
-    addr: SocketAddr,
-    agent_addr: SocketAddr,
-    token: String,
-    data_dir: PathBuf,
-    dir: tempfile::TempDir,
+/// The `pave serve` under test.
+struct Server(ServeChild);
+
+impl std::ops::Deref for Server {
+    type Target = ServeChild;
+    fn deref(&self) -> &ServeChild {
+        &self.0
+    }
 }
 
 impl Server {
     async fn start(cfg: &AgentsConfig) -> Result<Self> {
-        let pave = &cfg.pave_bin;
-        if !pave.is_file() {
-            bail!(
-                "the pave binary {} does not exist (build it with `cargo build --release -p pave`, or pass --pave-bin)",
-                pave.display()
-            );
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("pave-bench-agents-")
-            .tempdir_in(&cfg.tmp)
-            .with_context(|| format!("could not create a directory under {}", cfg.tmp.display()))?;
-        let data_dir = dir.path().join("pave-data");
-        let addr = SocketAddr::from(([127, 0, 0, 1], pave_testkit::free_port()));
-        let agent_addr = SocketAddr::from(([127, 0, 0, 1], pave_testkit::free_port()));
-        let log =
-            std::fs::File::create(dir.path().join("serve.log")).context("could not create serve.log")?;
-        let mut cmd = Command::new(pave);
-        for var in [
-            "PAVE_DATABASE_URL",
-            "PAVE_WORKERS",
-            "PAVE_SERVER",
-            "PAVE_TOKEN",
-            "PAVE_LISTEN",
-            "PAVE_AGENT_LISTEN",
-            "PAVE_DATA_DIR",
-            "PAVE_LOG_FORMAT",
-        ] {
-            cmd.env_remove(var);
-        }
-        // The child inherits this process's open-file limit (raised first).
-        let child = cmd
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--agent-listen")
-            .arg(agent_addr.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("could not start {} serve", pave.display()))?;
-        let mut server = Server {
-            child: Some(child),
-            addr,
-            agent_addr,
-            token: String::new(),
-            data_dir,
-            dir,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(c) = server.child.as_mut() {
-                if let Some(status) = c.try_wait().context("could not check on pave serve")? {
-                    bail!(
-                        "pave serve exited with {status} before it was ready: {}",
-                        server.log_tail()
-                    );
-                }
-            }
-            if matches!(http(addr, "", "GET", "/readyz", None).await, Ok((200, _))) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("pave serve was not ready within {} s", START_TIMEOUT.as_secs());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let token_file = server.data_dir.join("admin.token");
-        server.token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("could not read {}", token_file.display()))?
-            .trim()
-            .to_string();
-        Ok(server)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        let (pave, tmp) = (cfg.pave_bin.clone(), cfg.tmp.clone());
+        let child =
+            tokio::task::spawn_blocking(move || ServeChild::start(&pave, &tmp, "pave-bench-agents-", &[]))
+                .await
+                .context("starting pave serve")??;
+        Ok(Server(child))
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join(" | ")
+        self.0.log_tail(8)
     }
 
     /// `VmRSS` in KiB.
@@ -963,44 +885,8 @@ impl Server {
         call(self.addr, &self.token, method, path, body).await
     }
 
-    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; removes the data directory.
     async fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            loop {
-                if child
-                    .try_wait()
-                    .context("could not check on pave serve")?
-                    .is_some()
-                {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!(
-                        "pave serve did not stop within {} s of SIGTERM; killed it",
-                        STOP_TIMEOUT.as_secs()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        tokio::task::block_in_place(|| self.0.stop())
     }
 }
 

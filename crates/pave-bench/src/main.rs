@@ -22,6 +22,7 @@ mod policy_bench;
 mod remediation_bench;
 mod report;
 mod serve_bench;
+mod serve_child;
 mod timed_store;
 
 use std::path::{Path, PathBuf};

@@ -28,13 +28,14 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::report::{round, verdict, Report};
+use crate::serve_child::ServeChild;
 
 /// Target of crash → incident.
 pub const TARGET_DETECT_MS: f64 = 1000.0;
@@ -47,9 +48,6 @@ const STATUS_EVERY: Duration = Duration::from_millis(20);
 const INCIDENT_EVERY: Duration = Duration::from_millis(100);
 /// Longest a round may take on top of the verification window.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest `pave serve` may take to answer `/readyz`, and to stop.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The workload each round deploys.
 const WORKLOAD: &str = "payments";
 
@@ -575,104 +573,32 @@ fn now_ms() -> i64 {
     pave_core::time::now_ms()
 }
 
-/// A `pave serve` child process over a fresh data directory; killed when dropped.
+/// The `pave serve` under test, and its CLI.
 struct Server {
-    child: Option<Child>,
-    addr: SocketAddr,
+    serve: ServeChild,
     url: String,
-    token: String,
     pave: PathBuf,
-    data_dir: PathBuf,
-    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Server {
+    type Target = ServeChild;
+    fn deref(&self) -> &ServeChild {
+        &self.serve
+    }
 }
 
 impl Server {
     fn start(cfg: &RemediationConfig) -> Result<Self> {
-        let pave = &cfg.pave_bin;
-        if !pave.is_file() {
-            bail!(
-                "the pave binary {} does not exist (build it with `cargo build --release -p pave`, or pass --pave-bin)",
-                pave.display()
-            );
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("pave-bench-remediation-")
-            .tempdir_in(&cfg.tmp)
-            .with_context(|| format!("could not create a directory under {}", cfg.tmp.display()))?;
-        let data_dir = dir.path().join("pave-data");
-        let addr = SocketAddr::from(([127, 0, 0, 1], pave_testkit::free_port()));
-        let log =
-            std::fs::File::create(dir.path().join("serve.log")).context("could not create serve.log")?;
-        let mut cmd = Command::new(pave);
-        for var in [
-            "PAVE_DATABASE_URL",
-            "PAVE_WORKERS",
-            "PAVE_VERIFY_WINDOW",
-            "PAVE_HEALTH_EVERY",
-            "PAVE_SERVER",
-            "PAVE_TOKEN",
-            "PAVE_LISTEN",
-            "PAVE_DATA_DIR",
-        ] {
-            cmd.env_remove(var);
-        }
-        // Its listener for remote agents, off the default port (a server may run there).
-        cmd.env(
-            "PAVE_AGENT_LISTEN",
-            SocketAddr::from(([127, 0, 0, 1], pave_testkit::free_port())).to_string(),
-        );
-        let child = cmd
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--verify-window")
-            .arg(format!("{}ms", cfg.verify_window.as_millis()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("could not start {} serve", pave.display()))?;
-        let mut server = Server {
-            child: Some(child),
-            addr,
-            url: format!("http://{addr}"),
-            token: String::new(),
-            pave: pave.clone(),
-            data_dir,
-            dir,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(c) = server.child.as_mut() {
-                if let Some(status) = c.try_wait().context("could not check on pave serve")? {
-                    bail!(
-                        "pave serve exited with {status} before it was ready: {}",
-                        server.log_tail()
-                    );
-                }
-            }
-            if crate::serve_bench::http_status(addr, "/readyz") == Some(200) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("pave serve was not ready within {} s", START_TIMEOUT.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let token_file = server.data_dir.join("admin.token");
-        server.token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("could not read {}", token_file.display()))?
-            .trim()
-            .to_string();
-        Ok(server)
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        let window = vec![
+            "--verify-window".to_string(),
+            format!("{}ms", cfg.verify_window.as_millis()),
+        ];
+        let serve = ServeChild::start(&cfg.pave_bin, &cfg.tmp, "pave-bench-remediation-", &window)?;
+        Ok(Server {
+            url: format!("http://{}", serve.addr),
+            pave: cfg.pave_bin.clone(),
+            serve,
+        })
     }
 
     /// Runs the CLI against this server; its stdout, or an error quoting its
@@ -708,36 +634,10 @@ impl Server {
         serde_json::from_slice(&body).with_context(|| format!("GET {path}: the body is not JSON"))
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]); the
-    /// pids of the `pave shim` processes of this data directory still running
-    /// (which are then stopped too).
+    /// Stops the server; the pids of the `pave shim` processes of this data
+    /// directory still running (which are then stopped too).
     fn stop(&mut self) -> Result<Vec<u32>> {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            loop {
-                if child
-                    .try_wait()
-                    .context("could not check on pave serve")?
-                    .is_some()
-                {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!(
-                        "pave serve did not stop within {} s of SIGTERM; killed it",
-                        STOP_TIMEOUT.as_secs()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        self.serve.stop()?;
         let left = shims_of(&self.data_dir);
         for pid in &left {
             let _ = Command::new("kill")
@@ -747,15 +647,6 @@ impl Server {
                 .status();
         }
         Ok(left)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

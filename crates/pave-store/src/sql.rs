@@ -252,6 +252,15 @@ fn needs_savepoint(request: &[WriteOp]) -> bool {
     })
 }
 
+/// An update or delete of exactly the record named by `what`: none is NotFound.
+fn found(rows: u64, what: impl FnOnce() -> String) -> Result<OpResult> {
+    if rows == 0 {
+        Err(StoreError::NotFound(what()))
+    } else {
+        Ok(OpResult::Done)
+    }
+}
+
 /// A unique-key failure named after what was being created.
 fn conflict_as(e: sqlx::Error, what: String) -> StoreError {
     match StoreError::from(e) {
@@ -552,10 +561,7 @@ macro_rules! sql_store {
                         .bind(set.compensation.as_ref().map(json_text))
                         .execute(&mut *conn)
                         .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!("step {idx} of action {action_id}")));
-                        }
-                        Ok(OpResult::Done)
+                        found(r.rows_affected(), || format!("step {idx} of action {action_id}"))
                     }
                     WriteOp::AppendLogs(lines) => {
                         // Multi-row inserts in chunks keep each statement under
@@ -613,20 +619,14 @@ macro_rules! sql_store {
                             .bind(labels_text(labels))
                             .execute(&mut *conn)
                             .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!("environment `{name}`")));
-                        }
-                        Ok(OpResult::Done)
+                        found(r.rows_affected(), || format!("environment `{name}`"))
                     }
                     WriteOp::DeleteEnvironment(name) => {
                         let r = sqlx::query("DELETE FROM environments WHERE name = $1")
                             .bind(name)
                             .execute(&mut *conn)
                             .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!("environment `{name}`")));
-                        }
-                        Ok(OpResult::Done)
+                        found(r.rows_affected(), || format!("environment `{name}`"))
                     }
                     WriteOp::PutSecretIfAbsent { env, name, sealed } => {
                         sqlx::query(
@@ -679,10 +679,7 @@ macro_rules! sql_store {
                             .bind(name)
                             .execute(&mut *conn)
                             .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!("policy `{name}` (applied through the API)")));
-                        }
-                        Ok(OpResult::Done)
+                        found(r.rows_affected(), || format!("policy `{name}` (applied through the API)"))
                     }
                     WriteOp::PutSecret { env, name, sealed } => {
                         sqlx::query(
@@ -713,10 +710,7 @@ macro_rules! sql_store {
                             .bind(name)
                             .execute(&mut *conn)
                             .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!("secret `{name}` in `{env}`")));
-                        }
-                        Ok(OpResult::Done)
+                        found(r.rows_affected(), || format!("secret `{name}` in `{env}`"))
                     }
                     WriteOp::DeleteSecrets { env, prefix } => {
                         sqlx::query("DELETE FROM secrets WHERE env = $1 AND substr(name, 1, length($2)) = $2")
@@ -932,10 +926,7 @@ macro_rules! sql_store {
                             .bind(user)
                             .execute(&mut *conn)
                             .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!("`{user}` in team `{team}`")));
-                        }
-                        Ok(OpResult::Done)
+                        found(r.rows_affected(), || format!("`{user}` in team `{team}`"))
                     }
                     WriteOp::PutBinding(b) => {
                         let (kind, subject) = subject_parts(&b.subject);
@@ -964,13 +955,10 @@ macro_rules! sql_store {
                         .bind(env.as_deref().unwrap_or("*"))
                         .execute(&mut *conn)
                         .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!(
+                        found(r.rows_affected(), || format!(
                                 "a role of {kind} `{name}` in {}",
                                 env.as_deref().unwrap_or("every environment")
-                            )));
-                        }
-                        Ok(OpResult::Done)
+                            ))
                     }
                     WriteOp::RevokeToken { id } => {
                         let r = sqlx::query(
@@ -980,10 +968,7 @@ macro_rules! sql_store {
                         .bind(now)
                         .execute(&mut *conn)
                         .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!("active token `{id}`")));
-                        }
-                        Ok(OpResult::Done)
+                        found(r.rows_affected(), || format!("active token `{id}`"))
                     }
                     WriteOp::InsertTarget(t) => {
                         sqlx::query(
@@ -1129,10 +1114,7 @@ macro_rules! sql_store {
                         .bind(info.as_ref().map(json_text))
                         .execute(&mut *conn)
                         .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::NotFound(format!("agent credential `{id}`")));
-                        }
-                        Ok(OpResult::Done)
+                        found(r.rows_affected(), || format!("agent credential `{id}`"))
                     }
                     WriteOp::InsertToken(t) => {
                         sqlx::query(
