@@ -953,18 +953,7 @@ async fn http(
     let response = tokio::time::timeout(CALL_TIMEOUT, exchange)
         .await
         .context("timed out")??;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of the response head")?;
-    let head = std::str::from_utf8(&response[..split]).context("the response head is not UTF-8")?;
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status line in {head:?}"))?;
-    Ok((status, response[split + 4..].to_vec()))
+    crate::serve_child::parse_response(&response)
 }
 
 // ---------------------------------------------------------------------------
@@ -981,19 +970,8 @@ struct ServerCpu {
     threads: ThreadTicks,
 }
 
-/// utime + stime, and the command name, of a `/proc/.../stat` line.
-fn parse_stat(stat: &str) -> Option<(String, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat.get(open + 1..close)?.to_string();
-    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
-}
-
 fn read_ticks(pid: u32) -> Option<(u64, ThreadTicks)> {
-    let (_, process) = parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let (_, process) = crate::cpu::parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
     let mut threads = HashMap::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
         let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -1001,7 +979,7 @@ fn read_ticks(pid: u32) -> Option<(u64, ThreadTicks)> {
         };
         if let Some(t) = std::fs::read_to_string(entry.path().join("stat"))
             .ok()
-            .and_then(|s| parse_stat(&s))
+            .and_then(|s| crate::cpu::parse_stat(&s))
         {
             threads.insert(tid, t);
         }
@@ -1094,6 +1072,9 @@ mod tests {
     #[test]
     fn stat_lines_parse() {
         let line = "1234 (tokio-rt wor) S 1 2 3 4 5 6 7 8 9 10 250 40 0 0 20 0 1 0 100 0 0";
-        assert_eq!(parse_stat(line), Some(("tokio-rt wor".to_string(), 290)));
+        assert_eq!(
+            crate::cpu::parse_stat(line),
+            Some(("tokio-rt wor".to_string(), 290))
+        );
     }
 }

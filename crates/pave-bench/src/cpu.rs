@@ -32,7 +32,7 @@ pub struct Usage {
 }
 
 /// utime + stime, and the command name, of a `/proc/.../stat` line.
-fn parse_stat(stat: &str) -> Option<(String, u64)> {
+pub(crate) fn parse_stat(stat: &str) -> Option<(String, u64)> {
     // The name is in parentheses and may contain spaces; fields follow the last `)`.
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;

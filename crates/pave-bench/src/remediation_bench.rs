@@ -689,18 +689,7 @@ fn http_get(addr: SocketAddr, path: &str, token: &str) -> Result<(u16, Vec<u8>)>
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of the response head")?;
-    let head = std::str::from_utf8(&response[..split]).context("the response head is not UTF-8")?;
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status line in {head:?}"))?;
-    Ok((status, response[split + 4..].to_vec()))
+    crate::serve_child::parse_response(&response)
 }
 
 #[cfg(test)]

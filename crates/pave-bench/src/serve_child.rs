@@ -164,3 +164,19 @@ impl Drop for ServeChild {
         }
     }
 }
+
+/// The status code and body of a whole HTTP/1 response.
+pub fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>)> {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of the response head")?;
+    let head = std::str::from_utf8(&response[..split]).context("the response head is not UTF-8")?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line in {head:?}"))?;
+    Ok((status, response[split + 4..].to_vec()))
+}

@@ -17,16 +17,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-fn ok(out: &std::process::Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-}
-
 /// A `pave agent` process.
 struct Agent {
     child: Child,

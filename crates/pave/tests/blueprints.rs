@@ -22,16 +22,6 @@ impl Drop for DeleteEnv<'_> {
     }
 }
 
-fn ok(out: &std::process::Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-}
-
 fn status(server: &Server, env: &str) -> Value {
     server.cli_json(&["env", "status", env, "-o", "json"])
 }

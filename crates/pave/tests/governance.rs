@@ -10,16 +10,6 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use support::*;
 
-fn ok(out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-}
-
 /// Runs the CLI as the holder of `token`.
 fn cli_as(server: &Server, token: &str, args: &[&str]) -> Output {
     Command::new(pave_bin())

@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-fn ok(out: &std::process::Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-}
-
 /// Waits for the first incident of `env` to reach one of `states`.
 fn incident_in(server: &Server, env: &str, states: &[&str], within: Duration) -> Value {
     let deadline = Instant::now() + within;

@@ -168,6 +168,17 @@ pub fn http_status(port: u16, path: &str, token: Option<&str>) -> Option<u16> {
     buf.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Asserts a CLI run exited 0, showing what it printed otherwise.
+pub fn ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
