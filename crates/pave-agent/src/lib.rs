@@ -6,6 +6,7 @@
 //! The engine only ever holds an [`AgentLink`]: a sender of
 //! [`protocol::ToAgent`] and a receiver of [`protocol::FromAgent`].
 
+pub mod cluster;
 pub mod embedded;
 pub mod local;
 pub mod protocol;

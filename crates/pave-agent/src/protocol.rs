@@ -31,6 +31,22 @@ pub const CAPABILITIES: &[&str] = &[
     "restore_workload",
 ];
 
+/// What an agent serving a Kubernetes cluster executes besides [`CAPABILITIES`]
+/// (`run_job` excepted: a job there would run on the agent's host, not in the cluster).
+pub const CLUSTER_CAPABILITIES: &[&str] = &[
+    "cluster_info",
+    "ensure_namespace",
+    "discover",
+    "get_objects",
+    "apply_objects",
+    "patch_object",
+    "delete_object",
+    "restore_objects",
+    "helm",
+    "adopt_workload",
+    "workload_drift",
+];
+
 /// Control plane → agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -249,6 +265,99 @@ pub enum CommandPayload {
         /// How many earlier lines first.
         tail: usize,
     },
+    /// The cluster's version and what the agent's credentials may do
+    /// (Kubernetes). Output: `{"version": …, "access": [...]}`.
+    ClusterInfo,
+    /// Creates (or updates) the namespace of an environment with its labels.
+    EnsureNamespace {
+        /// The environment.
+        env: String,
+        /// Its labels, put on the namespace.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    },
+    /// Deployments, StatefulSets and Helm releases pave does not manage.
+    Discover,
+    /// Objects of any kind in an environment's namespace. Output: `{"items": [...]}`.
+    GetObjects {
+        /// The environment.
+        env: String,
+        /// Kind (`deployment`, `configmaps`, `deploy`, `deployment.apps`).
+        #[serde(rename = "object_kind")]
+        kind: String,
+        /// One object, or all of that kind.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Server-side applies a (multi-document) YAML text. Output: `{"changes": [...]}`
+    /// with each object's before-state, the result and a diff.
+    ApplyObjects {
+        /// The environment.
+        env: String,
+        /// The objects.
+        yaml: String,
+        /// A server-side dry run: nothing changes.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// A JSON merge patch of one object. Output: `{"changes": [one]}`.
+    PatchObject {
+        /// The environment.
+        env: String,
+        /// Kind.
+        #[serde(rename = "object_kind")]
+        kind: String,
+        /// Name.
+        name: String,
+        /// The merge patch.
+        patch: Value,
+        /// A server-side dry run: nothing changes.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Deletes one object. Output: `{"changes": [one]}`.
+    DeleteObject {
+        /// The environment.
+        env: String,
+        /// Kind.
+        #[serde(rename = "object_kind")]
+        kind: String,
+        /// Name.
+        name: String,
+    },
+    /// Puts objects back as they were before `changes` (an undo).
+    RestoreObjects {
+        /// The environment.
+        env: String,
+        /// What `apply_objects`, `patch_object` or `delete_object` reported.
+        changes: Value,
+    },
+    /// A Helm operation on a release in an environment's namespace.
+    Helm {
+        /// The environment.
+        env: String,
+        /// What to do.
+        op: Box<HelmOp>,
+    },
+    /// Takes a Deployment pave did not make under management: reads its pod
+    /// template as a workload spec, labels it, changes nothing that restarts
+    /// pods. Output: `{"spec": WorkloadSpec}`.
+    AdoptWorkload {
+        /// The environment (its namespace holds the Deployment).
+        env: String,
+        /// The Deployment.
+        name: String,
+        /// The revision the adopted spec becomes.
+        revision: i64,
+    },
+    /// How the live Deployment differs from the fields pave last applied.
+    /// Output: `{"drifted": bool, "diff": "…", "fields": [...]}`.
+    WorkloadDrift {
+        /// The workload.
+        key: WorkloadKey,
+        /// The spec pave last applied (values resolved).
+        spec: Box<WorkloadSpec>,
+    },
     /// The last lines of a workload's output. Output: `{"lines": [...]}`.
     WorkloadLogs {
         /// The workload.
@@ -259,6 +368,88 @@ pub enum CommandPayload {
         /// How many lines.
         tail: usize,
     },
+}
+
+/// A chart: uploaded by the CLI, or named for the agent to fetch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChartSource {
+    /// A gzipped tar of a chart directory, base64.
+    Archive {
+        /// The archive, base64 (standard alphabet).
+        base64: String,
+    },
+    /// `oci://…`, `repo/name`, or a path on the agent's host.
+    Reference {
+        /// The reference.
+        name: String,
+    },
+}
+
+/// A Helm operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "snake_case")]
+pub enum HelmOp {
+    /// `helm install` (or `helm upgrade --install` when `upgrade`); a failed
+    /// upgrade is rolled back to the revision before.
+    Install {
+        /// The release.
+        release: String,
+        /// The chart.
+        chart: ChartSource,
+        /// Values files (YAML texts), in order.
+        #[serde(default)]
+        values: Vec<String>,
+        /// `--set` items.
+        #[serde(default)]
+        set: Vec<String>,
+        /// Values from the vault (resolved at dispatch, sent to helm on stdin only).
+        #[serde(default)]
+        secret_values: Option<Value>,
+        /// `helm upgrade` rather than `helm install`.
+        #[serde(default)]
+        upgrade: bool,
+        /// Wait until the release's objects are ready.
+        #[serde(default)]
+        wait: bool,
+        /// Seconds.
+        timeout_secs: u64,
+    },
+    /// `helm rollback RELEASE [REVISION]`.
+    Rollback {
+        /// The release.
+        release: String,
+        /// The revision (default: the one before).
+        #[serde(default)]
+        revision: Option<u32>,
+        /// Wait until ready.
+        #[serde(default)]
+        wait: bool,
+        /// Seconds.
+        timeout_secs: u64,
+    },
+    /// `helm uninstall RELEASE`.
+    Uninstall {
+        /// The release.
+        release: String,
+        /// Wait until its objects are gone.
+        #[serde(default)]
+        wait: bool,
+        /// Seconds.
+        timeout_secs: u64,
+    },
+    /// `helm status RELEASE`.
+    Status {
+        /// The release.
+        release: String,
+    },
+    /// `helm history RELEASE`.
+    History {
+        /// The release.
+        release: String,
+    },
+    /// `helm list` in the namespace.
+    List,
 }
 
 /// How a command ended.

@@ -47,6 +47,9 @@ pub struct RemoteOptions {
     pub data_dir: PathBuf,
     /// The program that supervises one replica, e.g. `[current_exe, "shim"]`.
     pub shim_command: Vec<String>,
+    /// Serve the Kubernetes cluster the agent runs in (its pod's service
+    /// account) instead of this host.
+    pub in_cluster: bool,
 }
 
 /// What enrollment leaves under the data directory (mode 0600).
@@ -201,8 +204,20 @@ pub async fn run(
         workloads_dir: opts.data_dir.join("workloads"),
         shim_command: opts.shim_command.clone(),
     };
-    let (runtime, mut uplink) = Runtime::new(dirs, Some(&opts.data_dir.join("journal")))
-        .map_err(|e| RemoteError::Setup(format!("agent data directory {}: {e}", opts.data_dir.display())))?;
+    let journal = opts.data_dir.join("journal");
+    let setup = |e: std::io::Error| {
+        RemoteError::Setup(format!("agent data directory {}: {e}", opts.data_dir.display()))
+    };
+    let (runtime, mut uplink) = if opts.in_cluster {
+        std::fs::create_dir_all(&dirs.work_dir).map_err(setup)?;
+        let cluster =
+            crate::cluster::Cluster::connect(&crate::cluster::Credentials::InCluster, &dirs.work_dir)
+                .await
+                .map_err(|e| RemoteError::Setup(e.to_string()))?;
+        crate::cluster::runtime(dirs, Some(&journal), std::sync::Arc::new(cluster)).map_err(setup)?
+    } else {
+        Runtime::new(dirs, Some(&journal)).map_err(setup)?
+    };
     // Messages of the control plane are handled in order, away from the
     // socket loop, so that a full uplink cannot stall reading the socket.
     let (inbox, mut inbox_rx) = mpsc::channel::<ToAgent>(1024);

@@ -18,7 +18,10 @@ use pave_targets::Target;
 
 use crate::local::job::{self, JobContext};
 use crate::local::workload;
-use crate::protocol::{Command, CommandPayload, FromAgent, Outcome, ToAgent, CAPABILITIES, PROTOCOL_VERSION};
+use crate::protocol::{
+    Command, CommandPayload, FromAgent, Outcome, ToAgent, CAPABILITIES, CLUSTER_CAPABILITIES,
+    PROTOCOL_VERSION,
+};
 
 /// Directories the agent works in.
 #[derive(Debug, Clone)]
@@ -143,6 +146,8 @@ pub struct Runtime {
     state: Arc<Mutex<State>>,
     journal: Option<Arc<Journal>>,
     out: mpsc::Sender<FromAgent>,
+    /// The cluster's own commands, when the drivers are a cluster's.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -197,17 +202,33 @@ impl Runtime {
                 state: Arc::new(Mutex::new(state)),
                 journal,
                 out,
+                cluster: None,
             },
             rx,
         ))
     }
 
+    /// This runtime serving a cluster: it executes the cluster's own commands
+    /// too (and no jobs on its host).
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// This agent's `hello`.
-    pub fn hello() -> FromAgent {
+    pub fn hello(&self) -> FromAgent {
+        let mut capabilities: Vec<String> = CAPABILITIES
+            .iter()
+            .filter(|c| self.cluster.is_none() || **c != "run_job")
+            .map(|c| c.to_string())
+            .collect();
+        if self.cluster.is_some() {
+            capabilities.extend(CLUSTER_CAPABILITIES.iter().map(|c| c.to_string()));
+        }
         FromAgent::Hello {
             protocol_version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            capabilities,
             hostname: hostname(),
         }
     }
@@ -225,7 +246,7 @@ impl Runtime {
                     tracing::error!(protocol_version, "control plane speaks another protocol version");
                     return;
                 }
-                let _ = self.out.send(Self::hello()).await;
+                let _ = self.out.send(self.hello()).await;
                 self.resend_results().await;
             }
             ToAgent::Command(cmd) => self.start(cmd).await,
@@ -299,9 +320,16 @@ impl Runtime {
         }
         let rt = self.clone();
         tokio::spawn(async move {
-            let outcome = match workload::execute(rt.target.as_ref(), &cmd, token.clone(), &rt.out).await {
+            let cluster = match &rt.cluster {
+                Some(c) => crate::cluster::execute(c, &cmd).await,
+                None => None,
+            };
+            let outcome = match cluster {
                 Some(o) => o,
-                None => execute(&rt.dirs, rt.providers.as_ref(), &cmd, token, &rt.out).await,
+                None => match workload::execute(rt.target.as_ref(), &cmd, token.clone(), &rt.out).await {
+                    Some(o) => o,
+                    None => execute(&rt.dirs, rt.providers.as_ref(), &cmd, token, &rt.out).await,
+                },
             };
             if let Some(j) = &rt.journal {
                 j.write(

@@ -52,6 +52,41 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/targets", Access::Authenticated),
     ("POST", "/api/v1/targets", Access::Global(Role::Admin)),
     ("GET", "/api/v1/targets/{name}", Access::Authenticated),
+    (
+        "GET",
+        "/api/v1/targets/{name}/discovery",
+        Access::Global(Role::Admin),
+    ),
+    (
+        "POST",
+        "/api/v1/environments/{name}/objects/dry-run",
+        Access::Env(Role::Operator),
+    ),
+    (
+        "GET",
+        "/api/v1/environments/{name}/objects/{kind}",
+        Access::Env(Role::Viewer),
+    ),
+    (
+        "GET",
+        "/api/v1/environments/{name}/objects/{kind}/{object}",
+        Access::Env(Role::Viewer),
+    ),
+    (
+        "GET",
+        "/api/v1/environments/{name}/helm",
+        Access::Env(Role::Viewer),
+    ),
+    (
+        "GET",
+        "/api/v1/environments/{name}/helm/{release}",
+        Access::Env(Role::Viewer),
+    ),
+    (
+        "GET",
+        "/api/v1/environments/{name}/helm/{release}/history",
+        Access::Env(Role::Viewer),
+    ),
     ("DELETE", "/api/v1/targets/{name}", Access::Global(Role::Admin)),
     (
         "POST",

@@ -107,6 +107,17 @@ pub(crate) async fn create(
         labels: body.labels,
         created_at: now_ms(),
     };
+    if state.engine.store().get_environment(&env.name).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("environment `{}` already exists", env.name),
+        ));
+    }
+    // On a cluster the environment is a namespace: made (with its labels)
+    // before the environment is recorded, so a cluster that refuses leaves
+    // nothing behind.
+    state.engine.ensure_namespace(&env).await?;
     let summary = format!("environment {} created on target {}", env.name, env.target);
     let details = json!({ "target": env.target, "labels": env.labels });
     state

@@ -74,6 +74,7 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::IdempotencyMismatch(_) => (StatusCode::CONFLICT, "idempotency_mismatch"),
             EngineError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            EngineError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "target_unavailable"),
             EngineError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

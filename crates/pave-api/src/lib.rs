@@ -8,6 +8,7 @@ mod approvals;
 mod audit;
 mod auth;
 mod blueprints;
+mod cluster;
 mod dto;
 mod environments;
 mod error;
@@ -93,6 +94,16 @@ pub fn router(state: AppState) -> Router {
         .route("/targets/{name}", get(targets::get).delete(targets::remove))
         .route("/targets/{name}/revoke-agent", post(targets::revoke))
         .route("/targets/{name}/enrollments", post(targets::enrollment))
+        .route("/targets/{name}/discovery", get(targets::discover))
+        .route("/environments/{name}/objects/dry-run", post(cluster::dry_run))
+        .route("/environments/{name}/objects/{kind}", get(cluster::list))
+        .route("/environments/{name}/objects/{kind}/{object}", get(cluster::get))
+        .route("/environments/{name}/helm", get(cluster::helm_list))
+        .route("/environments/{name}/helm/{release}", get(cluster::helm_status))
+        .route(
+            "/environments/{name}/helm/{release}/history",
+            get(cluster::helm_history),
+        )
         .route("/users", get(people::list_users).post(people::create_user))
         .route("/teams", get(people::list_teams).post(people::create_team))
         .route("/teams/{name}/members", post(people::add_member))

@@ -41,7 +41,9 @@ impl Modify for BearerAuth {
         crate::people::list_tokens, crate::people::create_token, crate::people::revoke_token,
         crate::people::list_bindings, crate::people::bind, crate::people::unbind,
         crate::targets::list, crate::targets::add, crate::targets::get, crate::targets::remove,
-        crate::targets::revoke, crate::targets::enrollment,
+        crate::targets::revoke, crate::targets::enrollment, crate::targets::discover,
+        crate::cluster::list, crate::cluster::get, crate::cluster::dry_run,
+        crate::cluster::helm_list, crate::cluster::helm_status, crate::cluster::helm_history,
     ),
     components(schemas(crate::environments::EnvironmentDto, crate::environments::CreateEnvironment,
         crate::environments::UpdateEnvironment, crate::environments::WorkloadDto,
@@ -52,7 +54,7 @@ impl Modify for BearerAuth {
         crate::incidents::ApplyProposal, crate::secrets::SecretDto, crate::secrets::SecretValue, crate::secrets::Rotation,
         crate::policies::PolicyModule, crate::policies::PolicySource, crate::policies::EvalRequest,
         crate::policies::EvalResult, crate::targets::NewTarget, crate::targets::NewEnrollment,
-        crate::targets::AddedTarget, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
+        crate::targets::AddedTarget, crate::cluster::DryRun, CreateAction, ActionPage, LogPage, LogLineDto, AuditPage, AuditVerification)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

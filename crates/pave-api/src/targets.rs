@@ -26,8 +26,15 @@ const MAX_ENROLL_SECS: u64 = 7 * 24 * 3600;
 pub struct NewTarget {
     /// DNS-label name.
     pub name: String,
-    /// `local` (a host).
+    /// `local` (a host) or `kubernetes` (a cluster).
     pub kind: String,
+    /// For `kubernetes` without `agent`: the kubeconfig's text (its file
+    /// references inlined); its credentials go into the vault.
+    #[serde(default)]
+    pub kubeconfig: Option<String>,
+    /// The kubeconfig's context to use (default: its current one).
+    #[serde(default)]
+    pub context: Option<String>,
     /// Served by a remote agent (`pave agent`), which enrolls with the token returned.
     #[serde(default)]
     pub agent: bool,
@@ -59,6 +66,10 @@ pub struct AddedTarget {
     pub enrollment_token: Option<String>,
     /// Milliseconds since the epoch.
     pub enrollment_expires_at: Option<i64>,
+    /// A cluster reached directly: its version and what the credentials may do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub cluster: Option<serde_json::Value>,
 }
 
 fn ttl(secs: Option<u64>) -> Result<Duration, ApiError> {
@@ -90,6 +101,37 @@ pub(crate) async fn add(
     Json(body): Json<NewTarget>,
 ) -> Result<(StatusCode, Json<AddedTarget>), ApiError> {
     let ttl = ttl(body.enrollment_ttl_secs)?;
+    if body.kind == pave_engine::KUBERNETES && !body.agent {
+        let Some(kubeconfig) = body.kubeconfig.as_deref() else {
+            return Err(ApiError::bad_request(
+                "a Kubernetes target needs `kubeconfig` (or `agent`: an agent in the cluster serves it)",
+            ));
+        };
+        let (target, info) = state
+            .engine
+            .add_cluster_target(
+                &body.name,
+                kubeconfig,
+                body.context.as_deref(),
+                body.labels,
+                &actor.principal,
+            )
+            .await?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(AddedTarget {
+                target,
+                enrollment_token: None,
+                enrollment_expires_at: None,
+                cluster: Some(info),
+            }),
+        ));
+    }
+    if body.kubeconfig.is_some() || body.context.is_some() {
+        return Err(ApiError::bad_request(
+            "`kubeconfig` and `context` are for a Kubernetes target reached directly (kind kubernetes, no agent)",
+        ));
+    }
     let (target, token) = state
         .engine
         .add_target(
@@ -108,6 +150,7 @@ pub(crate) async fn add(
             target,
             enrollment_token: token,
             enrollment_expires_at: expires,
+            cluster: None,
         }),
     ))
 }
@@ -118,8 +161,31 @@ pub(crate) async fn add(
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<TargetView>, ApiError> {
-    Ok(Json(state.engine.target_view(&name).await?))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let view: TargetView = state.engine.target_view(&name).await?;
+    let mut out = serde_json::to_value(&view)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if view.target.kind == pave_engine::KUBERNETES {
+        // A cluster that does not answer is a fact about the target, not an
+        // error of this read.
+        out["cluster"] = match state.engine.cluster_info(&name).await {
+            Ok(info) => info,
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+    }
+    Ok(Json(out))
+}
+
+/// Deployments, StatefulSets and Helm releases of a cluster that pave does not manage.
+#[utoipa::path(get, path = "/api/v1/targets/{name}/discovery", params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 403), (status = 404), (status = 502)),
+    security(("bearer" = [])))]
+pub(crate) async fn discover(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(state.engine.discover(&name, &actor.principal).await?))
 }
 
 /// Removes a target no environment uses (its agents are disconnected).

@@ -5,6 +5,7 @@
 pub mod action;
 pub mod audit;
 pub mod blueprint;
+pub mod cluster_plan;
 pub mod error;
 pub mod ids;
 pub mod job;

@@ -24,6 +24,13 @@ pub const KINDS: &[&str] = &[
     "blueprint.apply",
     "env.clone",
     "env.delete",
+    "object.apply",
+    "object.patch",
+    "object.delete",
+    "helm.install",
+    "helm.upgrade",
+    "helm.rollback",
+    "helm.uninstall",
 ];
 
 /// Kinds the engine expands from its own state (the blueprint catalog, the
@@ -47,7 +54,7 @@ pub struct Plan {
     pub steps: Vec<Step>,
 }
 
-fn step(idx: i64, name: &str, kind: &str, idempotent: bool, spec: Value, undo: Value) -> Step {
+pub(crate) fn step(idx: i64, name: &str, kind: &str, idempotent: bool, spec: Value, undo: Value) -> Step {
     Step {
         idx,
         name: name.to_string(),
@@ -461,6 +468,9 @@ fn parse<T: serde::de::DeserializeOwned>(input: Value) -> Result<T, CoreError> {
 /// Validates `input` for `kind` and plans its steps. `action_id` names the
 /// object of actions that have none of their own (a job is its own object).
 pub fn plan(kind: &str, action_id: &str, env: &str, input: Value) -> Result<Plan, CoreError> {
+    if let Some(planned) = crate::cluster_plan::plan(kind, env, input.clone()) {
+        return planned;
+    }
     match kind {
         "provision" => {
             let p: ProvisionInput = parse(input)?;

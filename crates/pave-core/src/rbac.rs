@@ -174,6 +174,8 @@ impl Principal {
 pub fn role_to_request(kind: &str) -> Role {
     match kind {
         "resource.delete" | "workload.delete" | "env.delete" | "env.clone" => Role::Operator,
+        // Any object of the cluster, outside pave's own model of it.
+        "object.apply" | "object.patch" | "object.delete" | "helm.uninstall" => Role::Operator,
         _ => Role::Developer,
     }
 }

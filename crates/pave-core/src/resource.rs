@@ -88,8 +88,8 @@ pub fn validate(kind: &str, name: &str, spec: &Value) -> Result<Value, CoreError
         _ => return Err(CoreError::InvalidInput("resource spec must be an object".into())),
     };
     let allowed: &[&str] = match kind {
-        "postgres" => &["database", "user"],
-        _ => &[],
+        "postgres" => &["database", "user", "version"],
+        _ => &["version"],
     };
     for key in obj.keys() {
         if !allowed.contains(&key.as_str()) {
@@ -104,6 +104,21 @@ pub fn validate(kind: &str, name: &str, spec: &Value) -> Result<Value, CoreError
         }
     }
     let mut out = obj;
+    if let Some(v) = out.get("version") {
+        // An image tag on Kubernetes (`postgres:16`, `redis:7.2`).
+        let ok = v.as_str().is_some_and(|s| {
+            !s.is_empty()
+                && s.len() <= 32
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        });
+        if !ok {
+            return Err(CoreError::InvalidInput(format!(
+                "{kind} `version` must be an image tag such as \"16\" or \"7.2\""
+            )));
+        }
+    }
     if kind == "postgres" {
         for (field, default) in [
             ("database", name.replace('-', "_")),
@@ -144,5 +159,7 @@ mod tests {
             .contains("size"));
         assert!(validate("mysql", "db", &Value::Null).is_err());
         assert!(validate("redis", "cache", &json!({})).is_ok());
+        assert!(validate("redis", "cache", &json!({"version": "7.2"})).is_ok());
+        assert!(validate("postgres", "db", &json!({"version": "16; rm"})).is_err());
     }
 }

@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub policy_files: Vec<pave_policy::Module>,
     /// Blueprints built in and read from files; the API adds to them in the store.
     pub blueprints: Vec<pave_core::blueprint::BlueprintEntry>,
+    /// Where the in-process agents of Kubernetes targets keep their files
+    /// (none: such targets cannot be added).
+    pub clusters_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             agent_lost_after: Duration::from_secs(60),
             verify_window: Duration::from_secs(10),
             policy_files: Vec::new(),
+            clusters_dir: None,
         }
     }
 }
@@ -110,6 +114,8 @@ pub(crate) struct Inner {
     /// Workload object → when the remediation sweep first saw a replica of it
     /// running unready (cleared once all are ready).
     pub not_ready_since: Mutex<HashMap<String, i64>>,
+    /// Cluster target → why its in-process agent did not start.
+    pub cluster_errors: Mutex<HashMap<String, String>>,
 }
 
 /// The engine. Cheap to clone.
@@ -161,6 +167,7 @@ impl Engine {
                 master_key: std::sync::RwLock::new(config.master_key.clone()),
                 rotation: tokio::sync::Mutex::new(()),
                 not_ready_since: Mutex::default(),
+                cluster_errors: Mutex::default(),
                 config,
             }),
         }
@@ -570,7 +577,10 @@ impl Engine {
         }
         match self.inner.store.get_target(target).await {
             Ok(Some(t)) if t.agent => Ok(self.remote_hub(target)),
-            Ok(Some(_)) => Err(format!("no agent serves target `{target}`")),
+            Ok(Some(_)) => Err(match self.cluster_error(target) {
+                Some(e) => format!("the agent of target `{target}` could not start: {e}"),
+                None => format!("no agent serves target `{target}`"),
+            }),
             Ok(None) => Err(format!("target `{target}` does not exist")),
             Err(e) => Err(e.to_string()),
         }

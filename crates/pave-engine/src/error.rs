@@ -26,6 +26,9 @@ pub enum EngineError {
     /// The engine is shutting down and takes no new work.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A target's agent (or the cluster behind it) did not answer, or failed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<CoreError> for EngineError {
@@ -62,6 +65,7 @@ impl EngineError {
             EngineError::IdempotencyMismatch(_) => "idempotency_mismatch",
             EngineError::Store(_) => "store",
             EngineError::ShuttingDown => "shutting_down",
+            EngineError::Unavailable(_) => "unavailable",
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod agent_listener;
 mod agents;
 mod approvals;
+mod clusters;
 mod engine;
 mod error;
 mod expand;
@@ -19,6 +20,7 @@ mod targets;
 mod workloads;
 
 pub use agents::{AgentHub, AgentStatus};
+pub use clusters::KUBERNETES;
 pub use engine::{Engine, EngineConfig, Submission};
 pub use error::EngineError;
 pub use expand::BUILTIN_ENVIRONMENT;

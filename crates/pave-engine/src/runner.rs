@@ -313,6 +313,9 @@ impl Run {
         if let Some(r) = crate::expand::prepare(&self.engine, kind, spec).await {
             return r;
         }
+        if let Some(r) = crate::clusters::prepare(&self.engine, &self.action, kind, spec).await {
+            return r;
+        }
         if let Some(r) =
             crate::secrets::prepare_job(&self.engine, self.id(), &self.action.env, kind, spec).await
         {

@@ -45,7 +45,7 @@ pub struct TargetView {
     pub environments: Vec<String>,
 }
 
-fn admin(who: &Principal, what: &str) -> Result<(), EngineError> {
+pub(crate) fn admin(who: &Principal, what: &str) -> Result<(), EngineError> {
     if who.global_role().is_some_and(|r| r >= Role::Admin) {
         Ok(())
     } else {
@@ -77,14 +77,20 @@ impl Engine {
     ) -> Result<(TargetRecord, Option<String>), EngineError> {
         admin(who, "add a target")?;
         pave_core::names::validate_name("target", name)?;
-        if kind != "local" {
+        if kind != "local" && kind != crate::clusters::KUBERNETES {
             return Err(EngineError::Invalid(pave_core::CoreError::InvalidInput(format!(
-                "target kind `{kind}` is not supported (supported: local)"
+                "target kind `{kind}` is not supported (supported: local, kubernetes)"
             ))));
         }
         if !agent {
             return Err(EngineError::Invalid(pave_core::CoreError::InvalidInput(
-                "a local target other than `local` is served by a remote agent: add --agent".into(),
+                if kind == "local" {
+                    "a local target other than `local` is served by a remote agent: add --agent".into()
+                } else {
+                    "a Kubernetes target is reached with a kubeconfig (--kubeconfig FILE) or served by \
+                 an agent in the cluster (--agent)"
+                        .into()
+                },
             )));
         }
         let record = TargetRecord {

@@ -194,7 +194,16 @@ pub(crate) async fn plan_rollback(
             )))
         }
         Some(n) => revision(engine, &key, n).await.map_err(plan_error)?,
-        None => previous_template(engine, &key, &cur).await.map_err(plan_error)?,
+        None => match previous_template(engine, &key, &cur).await {
+            Ok(t) => t,
+            // Nothing served before, but a newer deploy failed: rolling it
+            // back is making the current revision the only one again (what
+            // is left of the failed one, e.g. its pods, goes).
+            Err(e) => match failed_newer(engine, &key, &cur).await.map_err(plan_error)? {
+                true => cur.clone(),
+                false => return Err(plan_error(e)),
+            },
+        },
     };
     let input = json!({ "name": r.name, "to": target.revision });
     let previous = Serving {
@@ -231,6 +240,31 @@ async fn serving_or_refuse(
             key.name, key.env
         ))
     })
+}
+
+/// Whether the newest revision is above `cur` and its deploy did not succeed.
+async fn failed_newer(
+    engine: &Engine,
+    key: &WorkloadKey,
+    cur: &RevisionRecord,
+) -> Result<bool, PrepareError> {
+    let revisions = engine
+        .store()
+        .list_revisions(&key.env, &key.name)
+        .await
+        .map_err(store_err)?;
+    let Some(newest) = revisions.iter().max_by_key(|r| r.revision) else {
+        return Ok(false);
+    };
+    if newest.revision <= cur.revision {
+        return Ok(false);
+    }
+    let action = engine
+        .store()
+        .get_action(&newest.created_by)
+        .await
+        .map_err(store_err)?;
+    Ok(action.is_some_and(|a| a.state.is_terminal() && a.state != ActionState::Succeeded))
 }
 
 /// Like `kubectl rollout undo`: the last revision whose template differs
@@ -797,31 +831,13 @@ impl Engine {
     /// Sends one read-only command (status, logs) to the agent of `env`'s
     /// target and returns how it ended.
     pub async fn query_agent(&self, env: &str, payload: CommandPayload) -> Result<Outcome, String> {
-        let (hub, id, mut rx) = self.send_query(env, payload).await?;
-        let target = &hub.target;
-        let hub = &hub.hub;
-        let answer = async {
-            loop {
-                match rx.recv().await {
-                    Some(FromAgent::Result { outcome, .. }) => break Ok(outcome),
-                    Some(_) => continue,
-                    None => break Err(format!("the agent of target `{target}` went away")),
-                }
-            }
-        };
-        match tokio::time::timeout(QUERY_TIMEOUT, answer).await {
-            Ok(outcome) => {
-                hub.ack(&id).await;
-                outcome
-            }
-            Err(_) => {
-                hub.forget(&id);
-                Err(format!(
-                    "the agent of target `{target}` did not answer within {} s",
-                    QUERY_TIMEOUT.as_secs()
-                ))
-            }
-        }
+        let target = self
+            .target_of(env)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("environment `{env}` does not exist"))?;
+        let hub = self.hub(&target).await?;
+        query_hub(&hub, &target, env, payload).await
     }
 
     /// Sends a command that belongs to no action to the agent of `env`'s target.
@@ -836,20 +852,8 @@ impl Engine {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("environment `{env}` does not exist"))?;
         let hub = self.hub(&target).await?;
-        // A read answers now or not at all: it does not wait for an agent
-        // that is away (a step does, up to `agent_lost_after`).
-        if !hub.connected() {
-            return Err(format!("the agent of target `{target}` is not connected"));
-        }
-        let cmd = Command {
-            id: format!("query.{env}.{}", pave_core::ids::new_id()),
-            action_id: String::new(),
-            step: 0,
-            payload,
-        };
-        let id = cmd.id.clone();
-        let rx = hub.dispatch(cmd).await?;
-        Ok((TargetHub { hub, target }, id, rx))
+        let (id, rx) = dispatch_query(&hub, &target, env, payload).await?;
+        Ok((TargetHub { hub }, id, rx))
     }
 
     /// Follows a workload's output: the last `tail` lines, then each new one.
@@ -875,9 +879,64 @@ impl Engine {
     }
 }
 
+/// Sends a command that belongs to no action (`scope` names it: an
+/// environment, or `target`).
+async fn dispatch_query(
+    hub: &crate::AgentHub,
+    target: &str,
+    scope: &str,
+    payload: CommandPayload,
+) -> Result<(String, tokio::sync::mpsc::UnboundedReceiver<FromAgent>), String> {
+    // A read answers now or not at all: it does not wait for an agent
+    // that is away (a step does, up to `agent_lost_after`).
+    if !hub.connected() {
+        return Err(format!("the agent of target `{target}` is not connected"));
+    }
+    let cmd = Command {
+        id: format!("query.{scope}.{}", pave_core::ids::new_id()),
+        action_id: String::new(),
+        step: 0,
+        payload,
+    };
+    let id = cmd.id.clone();
+    let rx = hub.dispatch(cmd).await?;
+    Ok((id, rx))
+}
+
+/// Sends a command that belongs to no action and waits for its outcome.
+pub(crate) async fn query_hub(
+    hub: &crate::AgentHub,
+    target: &str,
+    scope: &str,
+    payload: CommandPayload,
+) -> Result<Outcome, String> {
+    let (id, mut rx) = dispatch_query(hub, target, scope, payload).await?;
+    let answer = async {
+        loop {
+            match rx.recv().await {
+                Some(FromAgent::Result { outcome, .. }) => break Ok(outcome),
+                Some(_) => continue,
+                None => break Err(format!("the agent of target `{target}` went away")),
+            }
+        }
+    };
+    match tokio::time::timeout(QUERY_TIMEOUT, answer).await {
+        Ok(outcome) => {
+            hub.ack(&id).await;
+            outcome
+        }
+        Err(_) => {
+            hub.forget(&id);
+            Err(format!(
+                "the agent of target `{target}` did not answer within {} s",
+                QUERY_TIMEOUT.as_secs()
+            ))
+        }
+    }
+}
+
 struct TargetHub {
     hub: crate::AgentHub,
-    target: String,
 }
 
 /// A followed workload log; see [`Engine::follow_workload_logs`].

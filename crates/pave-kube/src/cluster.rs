@@ -196,6 +196,32 @@ pub const REQUIRED_ACCESS: &[Access] = &[
     access("create", "", "pods", "exec", false, "exec"),
     access("list", "apps", "deployments", "", true, "discover"),
     access("list", "apps", "statefulsets", "", true, "discover"),
+    access(
+        "get",
+        "",
+        "secrets",
+        "",
+        false,
+        "resources: the credentials Secret",
+    ),
+    access("get", "apps", "statefulsets", "", false, "resources: status"),
+    access("create", "apps", "statefulsets", "", false, "resources: apply"),
+    access("patch", "apps", "statefulsets", "", false, "resources: apply"),
+    access("delete", "apps", "statefulsets", "", false, "resources: delete"),
+    access("get", "", "services", "", false, "resources: check"),
+    access("get", "", "pods", "", false, "resources: readiness"),
+    access("delete", "", "pods", "", false, "resources: repair"),
+    access(
+        "deletecollection",
+        "",
+        "persistentvolumeclaims",
+        "",
+        false,
+        "resources: delete the data",
+    ),
+    // Helm keeps its release records in Secrets of the release's namespace.
+    access("list", "", "secrets", "", false, "helm: release records"),
+    access("update", "", "secrets", "", false, "helm: release records"),
 ];
 
 /// The answer for one [`Access`].

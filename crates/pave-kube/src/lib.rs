@@ -20,8 +20,11 @@
 mod apply;
 mod cluster;
 mod error;
+pub mod helm;
 pub mod manifest;
+pub mod objects;
 mod pods;
+pub mod resources;
 mod rollout;
 pub mod status;
 
@@ -84,6 +87,7 @@ pub struct KubeTarget {
     client: Client,
     namespace_of: NamespaceOf,
     node_timeout: Duration,
+    default_image: Option<String>,
 }
 
 impl std::fmt::Debug for KubeTarget {
@@ -103,7 +107,34 @@ impl KubeTarget {
             client,
             namespace_of: Arc::new(namespace_of),
             node_timeout: NODE_TIMEOUT,
+            default_image: None,
         }
+    }
+
+    /// The image of a workload that names none (pave's own image runs the
+    /// blueprints' default service, `pave demo`).
+    pub fn with_default_image(mut self, image: impl Into<String>) -> Self {
+        self.default_image = Some(image.into());
+        self
+    }
+
+    /// `spec` as the cluster runs it: the default image when it names none,
+    /// and a program given as a path on pave's host (`/usr/local/bin/pave`)
+    /// by its name, which the image has on its `PATH`.
+    pub fn for_cluster(&self, spec: &WorkloadSpec) -> WorkloadSpec {
+        let mut spec = spec.clone();
+        if spec.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+            if let Some(image) = &self.default_image {
+                spec.image = Some(image.clone());
+                if let Some(first) = spec.command.first_mut() {
+                    let path = std::path::Path::new(first.as_str());
+                    if path.is_absolute() && path.file_name().is_some_and(|n| n == "pave") {
+                        *first = "pave".into();
+                    }
+                }
+            }
+        }
+        spec
     }
 
     /// A target whose environments live in namespaces of the same name.
@@ -188,7 +219,7 @@ fn selector_of(name: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::La
 #[async_trait]
 impl Target for KubeTarget {
     async fn apply(&self, key: &WorkloadKey, spec: &WorkloadSpec) -> Result<WorkloadStatus, TargetError> {
-        Ok(self.apply_workload(key, spec).await?)
+        Ok(self.apply_workload(key, &self.for_cluster(spec)).await?)
     }
 
     async fn status(&self, key: &WorkloadKey) -> Result<WorkloadStatus, TargetError> {
@@ -225,5 +256,14 @@ impl Target for KubeTarget {
         out: tokio::sync::mpsc::Sender<(String, String)>,
     ) -> Result<i32, TargetError> {
         Ok(self.exec_in_pod(key, command, out).await?)
+    }
+
+    async fn wait_rolled_out(
+        &self,
+        key: &WorkloadKey,
+        revision: i64,
+        timeout: Duration,
+    ) -> Option<Result<WorkloadStatus, TargetError>> {
+        Some(self.watch_ready(key, revision, timeout).await.map_err(Into::into))
     }
 }

@@ -258,4 +258,18 @@ pub trait Target: Send + Sync {
         command: &[String],
         out: tokio::sync::mpsc::Sender<(String, String)>,
     ) -> Result<i32, TargetError>;
+
+    /// Waits until every replica of `revision` is ready, the way the driver
+    /// learns of changes (a Kubernetes watch); `None` when it has no better
+    /// way than reading [`Target::status`] again, which the caller then does.
+    /// An error says why the rollout cannot complete (it stalled, it ran
+    /// out of `timeout`).
+    async fn wait_rolled_out(
+        &self,
+        _key: &WorkloadKey,
+        _revision: i64,
+        _timeout: std::time::Duration,
+    ) -> Option<Result<WorkloadStatus, TargetError>> {
+        None
+    }
 }

@@ -157,6 +157,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ControlPlane> {
             verify_window: args.verify_window,
             agent_lost_after: args.agent_lost_after,
             remediation_every: args.remediation_every.max(Duration::from_millis(50)),
+            clusters_dir: Some(data_dir.join("clusters")),
             ..EngineConfig::default()
         },
     );
@@ -164,6 +165,10 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ControlPlane> {
         .load_policies()
         .await
         .context("the policies do not compile; pave does not start without its policies")?;
+    engine
+        .start_clusters()
+        .await
+        .context("could not read the Kubernetes targets")?;
     Ok(ControlPlane {
         engine,
         data_dir: data_dir.to_path_buf(),

@@ -779,6 +779,10 @@ fn the_agent_manifest_applies_grants_only_what_pave_needs_and_enrolls() {
         })
         .collect();
     assert!(a.contains(&url), "{a:?}");
+    // In its pod it serves the cluster with its service account; here there
+    // is no cluster, so the same command line serves this host.
+    assert!(a.iter().any(|x| x == "--in-cluster"), "{a:?}");
+    let a: Vec<String> = a.into_iter().filter(|x| x != "--in-cluster").collect();
     let mut agent = Command::new(pave_bin())
         .args(&a)
         .env("PAVE_ENROLL_TOKEN", &token)

@@ -232,6 +232,21 @@ async fn not_ready_report(
     text
 }
 
+/// How often a watched rollout also looks for replicas that crash-loop.
+const CRASH_CHECK: Duration = Duration::from_secs(2);
+
+/// Waiting out the deadline tells nothing more when every replica keeps
+/// exiting before it was ever ready (a command that fails at start).
+fn crash_looping(status: &WorkloadStatus, revision: i64) -> bool {
+    let mine: Vec<_> = status.of_revision(revision).collect();
+    status.revision == Some(revision)
+        && !mine.is_empty()
+        && mine.len() as u32 >= status.desired
+        && mine
+            .iter()
+            .all(|r| !r.ready && r.restart_count >= CRASH_LOOP_RESTARTS)
+}
+
 /// What a rollout waits for.
 struct Wait {
     revision: i64,
@@ -254,6 +269,38 @@ async fn await_ready(
     } = wait;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let mut pause = FIRST_POLL;
+    // A driver that learns of changes (a watch) is waited on, raced with a
+    // slow look at the replicas that catches a revision whose every replica
+    // crash-loops before the deadline.
+    let mut watched: Option<String> = None;
+    if min_ready.is_none() {
+        let watch = target.wait_rolled_out(key, revision, Duration::from_millis(timeout_ms));
+        tokio::pin!(watch);
+        let verdict = loop {
+            tokio::select! {
+                v = &mut watch => break v.map(|r| r.map_err(|e| e.to_string())),
+                _ = tokio::time::sleep(CRASH_CHECK) => {
+                    if let Ok(status) = target.status(key).await {
+                        if crash_looping(&status, revision) {
+                            break Some(Err(String::new()));
+                        }
+                    }
+                }
+                _ = token.cancelled() => break Some(Err(String::new())),
+            }
+        };
+        match verdict {
+            None => {}
+            Some(Ok(status)) => {
+                return Outcome::Succeeded {
+                    output: serde_json::to_value(status).unwrap_or_default(),
+                }
+            }
+            // Decided below from the status (crash loop, cancel), or with
+            // the watch's reason (stalled, timed out).
+            Some(Err(why)) => watched = Some(why),
+        }
+    }
     loop {
         let status = match target.status(key).await {
             Ok(s) => s,
@@ -267,17 +314,10 @@ async fn await_ready(
                 output: serde_json::to_value(status).unwrap_or_default(),
             };
         }
-        // Waiting out the deadline tells nothing more when every replica keeps
-        // exiting before it was ever ready (a command that fails at start).
-        let mine: Vec<_> = status.of_revision(revision).collect();
-        let crash_looping = status.revision == Some(revision)
-            && !mine.is_empty()
-            && mine.len() as u32 >= status.desired
-            && mine
-                .iter()
-                .all(|r| !r.ready && r.restart_count >= CRASH_LOOP_RESTARTS);
+        let crash_looping = crash_looping(&status, revision);
         let cancelled = token.is_cancelled();
-        if cancelled || crash_looping || tokio::time::Instant::now() >= deadline {
+        let watch_failed = watched.as_deref().filter(|w| !w.is_empty());
+        if cancelled || crash_looping || watch_failed.is_some() || tokio::time::Instant::now() >= deadline {
             let report = not_ready_report(target, key, &status, revision).await;
             let retired = match fallback {
                 Some(prev) => match target.apply(key, prev).await {
@@ -306,6 +346,8 @@ async fn await_ready(
                 format!(
                     "revision {revision} is crash-looping (every replica exited {CRASH_LOOP_RESTARTS}+ times without becoming ready)"
                 )
+            } else if let Some(w) = watch_failed {
+                w.to_string()
             } else {
                 format!("revision {revision} not ready after {}s", timeout_ms / 1000)
             };

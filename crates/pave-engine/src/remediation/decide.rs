@@ -104,6 +104,10 @@ impl Engine {
         let symptom = match f.kind {
             "readiness_failing" => "failing readiness",
             "oom_killed" => "OOM-killed",
+            "image_pull_failing" => "failing to pull its image",
+            "container_config_error" => "failing to create its container",
+            "unschedulable" => "unschedulable",
+            "rollout_stalled" => "stalled past its progress deadline",
             _ => "crashing",
         };
         if !changed.is_empty() {

@@ -12,6 +12,21 @@ use super::CRASH_RESTARTS;
 /// How long a running replica may fail its readiness probe before it is an incident.
 const READINESS_GRACE_MS: i64 = 3_000;
 
+/// Longest wait for a log tail to put in the evidence: a pod whose node does
+/// not answer must not hold up the sweep.
+const LOG_TAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waiting reasons of a container that never starts (Kubernetes): each an
+/// incident of its own kind.
+const STUCK: &[(&str, &str)] = &[
+    ("ImagePullBackOff", "image_pull_failing"),
+    ("ErrImagePull", "image_pull_failing"),
+    ("InvalidImageName", "image_pull_failing"),
+    ("CreateContainerConfigError", "container_config_error"),
+    ("CreateContainerError", "container_config_error"),
+    ("Unschedulable", "unschedulable"),
+];
+
 /// A detector's finding on one object.
 pub(super) struct Finding {
     pub object: String,
@@ -67,10 +82,27 @@ impl Engine {
                 .filter(|r| r["state"].get("running").is_some() && r["ready"] == false)
                 .collect();
             let failing_readiness = self.not_ready_for_long(&object, !not_ready.is_empty());
+            let stuck = mine.iter().find_map(|r| {
+                let reason = reason_of(&r["state"])?;
+                STUCK
+                    .iter()
+                    .find(|(s, _)| *s == reason)
+                    .map(|(s, kind)| (*kind, s.to_string()))
+            });
+            // The Deployment gave up on the revision (`Progressing=False`).
+            let stalled = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["reason"] == "ProgressDeadlineExceeded" && c["status"] == false);
             let (kind, what) = if oom {
                 ("oom_killed", "OOMKilled".to_string())
             } else if crashing {
                 ("crash_loop", "CrashLoopBackOff".to_string())
+            } else if let Some((kind, reason)) = stuck {
+                (kind, reason)
+            } else if stalled {
+                ("rollout_stalled", "ProgressDeadlineExceeded".to_string())
             } else if failing_readiness {
                 (
                     "readiness_failing",
@@ -87,9 +119,10 @@ impl Engine {
                 continue;
             };
             let secrets = self.secret_values(env).await;
-            let tail = self
-                .workload_logs(env, &w.name, None, 10)
+            let tail = tokio::time::timeout(LOG_TAIL_WAIT, self.workload_logs(env, &w.name, None, 10))
                 .await
+                .ok()
+                .and_then(Result::ok)
                 .unwrap_or_default()
                 .iter()
                 .map(|l| crate::secrets::redact(l, &secrets))

@@ -8,7 +8,10 @@
 mod apply;
 mod cluster;
 mod errors;
+mod helm;
+mod objects;
 mod real_cluster;
+mod resources;
 mod rollout;
 mod status;
 

@@ -30,6 +30,10 @@ pub struct AgentArgs {
     /// The SHA-256 fingerprint of that CA, as `pave serve` prints it.
     #[arg(long, env = "PAVE_AGENT_CA_FINGERPRINT")]
     pub ca_fingerprint: Option<String>,
+    /// Serve the Kubernetes cluster this agent runs in, with its pod's
+    /// service account (the target was added with `--kind kubernetes --agent`).
+    #[arg(long, env = "PAVE_AGENT_IN_CLUSTER")]
+    pub in_cluster: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +91,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<i32> {
         pin: pin(&a),
         data_dir: data_dir.clone(),
         shim_command: crate::serve::shim_command()?,
+        in_cluster: a.in_cluster,
     };
     let credential = match (stored, &a.enroll) {
         (Some(c), Some(_)) => {

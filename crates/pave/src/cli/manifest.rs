@@ -49,6 +49,17 @@ pub const REQUIRED_ACCESS: &[(&str, &str, &str, &str)] = &[
     ("get", "", "pods", "exec"),
     ("create", "", "pods", "exec"),
     ("list", "apps", "statefulsets", ""),
+    ("get", "", "secrets", ""),
+    ("get", "apps", "statefulsets", ""),
+    ("create", "apps", "statefulsets", ""),
+    ("patch", "apps", "statefulsets", ""),
+    ("delete", "apps", "statefulsets", ""),
+    ("get", "", "services", ""),
+    ("get", "", "pods", ""),
+    ("delete", "", "pods", ""),
+    ("deletecollection", "", "persistentvolumeclaims", ""),
+    ("list", "", "secrets", ""),
+    ("update", "", "secrets", ""),
 ];
 
 #[derive(Debug, Args)]
@@ -235,6 +246,7 @@ pub fn render(spec: &Spec) -> anyhow::Result<String> {
         spec.server.clone(),
         "--data-dir".into(),
         DATA_DIR.into(),
+        "--in-cluster".into(),
     ];
     let mut volumes = vec![
         // emptyDir: the credential the agent gets for its single-use token is

@@ -5,8 +5,10 @@ mod agent;
 mod approvals;
 mod audit;
 mod blueprints;
+mod cluster;
 mod env;
 mod incidents;
+mod kubeconfig;
 mod login;
 mod manifest;
 mod people;
@@ -85,6 +87,17 @@ pub enum Command {
     /// List, inspect and delete workloads.
     #[command(subcommand)]
     Workloads(workloads::WorkloadsCmd),
+    /// Show objects of a Kubernetes environment: `pave get deployments --env E`.
+    Get(cluster::GetArgs),
+    /// Server-side apply objects to a Kubernetes environment (an action; undo restores them).
+    Apply(cluster::ApplyArgs),
+    /// Change one object of a Kubernetes environment, in $EDITOR or with --patch (an action).
+    Edit(cluster::EditArgs),
+    /// Delete one object of a Kubernetes environment (an action; undo re-creates it).
+    Delete(cluster::DeleteArgs),
+    /// Helm releases in a Kubernetes environment.
+    #[command(subcommand)]
+    Helm(cluster::HelmCmd),
     /// Inspect and steer actions.
     #[command(subcommand)]
     Actions(actions::ActionsCmd),
@@ -229,6 +242,11 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Restart(args) => workloads::restart(args).await,
         Command::Logs(args) => workloads::logs(args).await,
         Command::Workloads(cmd) => workloads::run(cmd).await,
+        Command::Get(args) => cluster::get(args).await,
+        Command::Apply(args) => cluster::apply(args).await,
+        Command::Edit(args) => cluster::edit(args).await,
+        Command::Delete(args) => cluster::delete(args).await,
+        Command::Helm(cmd) => cluster::helm(cmd).await,
         Command::Login(args) => login::login(args).await,
         Command::Version(args) => login::version(args).await,
         // Handled in main, before any async runtime exists: the shim forks and

@@ -23,6 +23,8 @@ pub enum TargetsCmd {
     RevokeAgent(NameArgs),
     /// Print a new single-use enrollment token for the target's agent.
     Enroll(EnrollArgs),
+    /// List a cluster's Deployments, StatefulSets and Helm releases that pave does not manage.
+    Discover(NameArgs),
 }
 
 #[derive(Debug, Args)]
@@ -31,9 +33,15 @@ pub struct AddArgs {
     pub client: ClientArgs,
     /// Name (lower-case letters, digits, '-').
     pub name: String,
-    /// What it is: `local` (a host).
+    /// What it is: `local` (a host) or `kubernetes` (a cluster).
     #[arg(long, default_value = "local")]
     pub kind: String,
+    /// For `--kind kubernetes`: the kubeconfig whose credentials pave uses (kept in its vault).
+    #[arg(long, value_name = "FILE", conflicts_with = "agent")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig's context (default: its current one).
+    #[arg(long, requires = "kubeconfig")]
+    pub context: Option<String>,
     /// Served by a remote agent (`pave agent`) that dials out to this server.
     #[arg(long)]
     pub agent: bool,
@@ -153,6 +161,75 @@ fn print_target(v: &Value) {
     }
 }
 
+/// A cluster's version and what its credentials may do.
+fn print_cluster(c: &Value) {
+    if let Some(e) = c["error"].as_str() {
+        println!("  cluster: not reachable: {e}");
+        return;
+    }
+    println!(
+        "  cluster: Kubernetes {} ({})",
+        t(&c["version"]),
+        t(&c["platform"])
+    );
+    let access = c["access"].as_array().cloned().unwrap_or_default();
+    let denied: Vec<&Value> = access.iter().filter(|a| a["allowed"] != true).collect();
+    println!(
+        "  access: {} of {} checks allowed (SelfSubjectAccessReview)",
+        access.len() - denied.len(),
+        access.len()
+    );
+    for d in denied {
+        let sub = d["subresource"]
+            .as_str()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        let group = d["group"]
+            .as_str()
+            .filter(|g| !g.is_empty())
+            .map(|g| format!(".{g}"))
+            .unwrap_or_default();
+        println!(
+            "    denied: {} {}{group}{sub} (needed for {})",
+            t(&d["verb"]),
+            t(&d["resource"]),
+            t(&d["used_for"])
+        );
+    }
+}
+
+fn print_discovery(v: &Value) {
+    let workloads = v["workloads"].as_array().cloned().unwrap_or_default();
+    let releases = v["releases"].as_array().cloned().unwrap_or_default();
+    let mut rows: Vec<Vec<String>> = workloads
+        .iter()
+        .map(|w| {
+            let images: Vec<String> = w["images"].as_array().into_iter().flatten().map(t).collect();
+            vec![
+                t(&w["kind"]),
+                t(&w["namespace"]),
+                t(&w["name"]),
+                format!("{}/{}", t(&w["ready"]), t(&w["replicas"])),
+                images.join(","),
+            ]
+        })
+        .collect();
+    rows.extend(releases.iter().map(|r| {
+        vec![
+            "HelmRelease".into(),
+            t(&r["namespace"]),
+            t(&r["name"]),
+            format!("revision {} ({})", t(&r["revision"]), t(&r["status"])),
+            t(&r["chart"]),
+        ]
+    }));
+    output::table(&["KIND", "NAMESPACE", "NAME", "READY", "IMAGES / CHART"], &rows);
+    if let Some(e) = v["helm_error"].as_str() {
+        eprintln!("note: Helm releases could not be listed: {e}");
+    }
+    println!("take one under management with: pave adopt deployment/NAME --env ENV");
+}
+
 /// How long `targets get` waits for a target's very first agent.
 const FIRST_CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -176,18 +253,29 @@ pub async fn run(cmd: TargetsCmd) -> anyhow::Result<i32> {
         TargetsCmd::Add(a) => {
             let client = Client::from_args(&a.client)?;
             let labels: BTreeMap<_, _> = a.labels.into_iter().collect();
-            let v: Value = client
-                .post(
-                    "/api/v1/targets",
-                    &json!({
-                        "name": a.name, "kind": a.kind, "agent": a.agent, "labels": labels,
-                        "enrollment_ttl_secs": a.enrollment_ttl.as_secs(),
-                    }),
-                    &[],
-                )
-                .await?;
+            let mut body = json!({
+                "name": a.name, "kind": a.kind, "agent": a.agent, "labels": labels,
+                "enrollment_ttl_secs": a.enrollment_ttl.as_secs(),
+            });
+            if let Some(path) = &a.kubeconfig {
+                if a.kind != "kubernetes" {
+                    anyhow::bail!("--kubeconfig is for --kind kubernetes");
+                }
+                let (text, context) = super::kubeconfig::load(path, a.context.as_deref())?;
+                body["kubeconfig"] = json!(text);
+                body["context"] = json!(context);
+            } else if a.kind == "kubernetes" && !a.agent {
+                anyhow::bail!(
+                    "a Kubernetes target needs --kubeconfig FILE (pave uses its credentials) or --agent \
+                     (an agent in the cluster serves it: see `pave agent manifest`)"
+                );
+            }
+            let v: Value = client.post("/api/v1/targets", &body, &[]).await?;
             if !output::structured(a.client.output, &v)? {
                 println!("target {} added", a.name);
+                if !v["cluster"].is_null() {
+                    print_cluster(&v["cluster"]);
+                }
                 if let Some(token) = v["enrollment_token"].as_str() {
                     println!(
                         "enrollment token (single use, valid {}):",
@@ -236,6 +324,9 @@ pub async fn run(cmd: TargetsCmd) -> anyhow::Result<i32> {
             }
             if !output::structured(a.client.output, &v)? {
                 print_target(&v);
+                if !v["cluster"].is_null() {
+                    print_cluster(&v["cluster"]);
+                }
             }
         }
         TargetsCmd::Remove(a) => {
@@ -252,6 +343,15 @@ pub async fn run(cmd: TargetsCmd) -> anyhow::Result<i32> {
                 "the agent of target {} is revoked: disconnected, and refused from now on",
                 a.name
             );
+        }
+        TargetsCmd::Discover(a) => {
+            let client = Client::from_args(&a.client)?;
+            let v: Value = client
+                .get(&format!("/api/v1/targets/{}/discovery", a.name))
+                .await?;
+            if !output::structured(a.client.output, &v)? {
+                print_discovery(&v);
+            }
         }
         TargetsCmd::Enroll(a) => {
             let client = Client::from_args(&a.client)?;

@@ -188,7 +188,12 @@ pub struct DeleteArgs {
     pub env: String,
 }
 
-async fn submit(client: &Client, kind: &str, env: &str, input: Value) -> anyhow::Result<pave_core::Action> {
+pub(crate) async fn submit(
+    client: &Client,
+    kind: &str,
+    env: &str,
+    input: Value,
+) -> anyhow::Result<pave_core::Action> {
     client
         .post(
             "/api/v1/actions",
