@@ -115,6 +115,10 @@ impl Cluster {
             }
             Credentials::InCluster => Helm::in_cluster(work_dir),
         };
+        let helm = match helm_program() {
+            Some(p) => helm.with_program(p),
+            None => helm,
+        };
         Ok(Cluster {
             target,
             objects,
@@ -126,6 +130,24 @@ impl Cluster {
     pub fn target(&self) -> &KubeTarget {
         &self.target
     }
+}
+
+/// The `helm` to run: `$PAVE_HELM`, else `helm` on the `PATH`, else where
+/// pave's test setup puts it (`~/.local/bin/helm`); `None` leaves the
+/// choice (and the "not installed" error) to the driver.
+fn helm_program() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("PAVE_HELM").filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("helm").is_file()))
+        .unwrap_or(false);
+    if on_path {
+        return None;
+    }
+    let home = std::env::var_os("HOME")?;
+    let local = std::path::Path::new(&home).join(".local/bin/helm");
+    local.is_file().then_some(local)
 }
 
 /// Starts an in-process agent for a cluster.
@@ -235,15 +257,18 @@ async fn info(cluster: &Cluster) -> Outcome {
         Ok(v) => v,
         Err(e) => return failed("kube_failed", format!("cannot reach the API server: {e}")),
     };
-    let access = match pave_kube::can_i(client, None).await {
-        Ok(a) => a,
-        Err(e) => return failed("kube_failed", e),
+    // The cluster answered; what the credentials may do is a fact to show,
+    // even when the review itself is refused.
+    let (access, access_error) = match pave_kube::can_i(client, None).await {
+        Ok(a) => (a, None),
+        Err(e) => (vec![], Some(e.to_string())),
     };
     Outcome::Succeeded {
         output: json!({
             "version": version.git_version,
             "platform": version.platform,
             "access": access,
+            "access_error": access_error,
         }),
     }
 }
@@ -432,11 +457,54 @@ async fn helm(cluster: &Cluster, ns: &str, op: &HelmOp) -> Outcome {
 }
 
 /// Labels for a namespace from an environment's labels: those Kubernetes
-/// accepts as label keys and values (others stay pave's own).
+/// accepts as label keys and values (pave's own rules are a little wider).
 pub fn namespace_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    fn name_ok(s: &str, may_be_empty: bool) -> bool {
+        if s.is_empty() {
+            return may_be_empty;
+        }
+        let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+        s.len() <= 63
+            && edge(s.chars().next())
+            && edge(s.chars().last())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    }
+    let key_ok = |k: &str| match k.split_once('/') {
+        Some((prefix, name)) => {
+            prefix.len() <= 253
+                && !prefix.is_empty()
+                && prefix
+                    .split('.')
+                    .all(|p| name_ok(p, false) && !p.contains('_') && p == p.to_ascii_lowercase())
+                && name_ok(name, false)
+        }
+        None => name_ok(k, false),
+    };
     labels
         .iter()
-        .filter(|(k, v)| k.len() <= 63 && v.len() <= 63 && !k.is_empty())
+        .filter(|(k, v)| key_ok(k) && name_ok(v, true))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_labels_kubernetes_takes_reach_the_namespace() {
+        let labels: BTreeMap<String, String> = [
+            ("tier", "staging"),
+            ("remediation", "auto"),
+            ("example.com/team", "payments"),
+            ("trailing-", "x"),
+            ("v", "-bad"),
+            ("Upper.Example/x", "y"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let kept: Vec<String> = namespace_labels(&labels).into_keys().collect();
+        assert_eq!(kept, ["example.com/team", "remediation", "tier"]);
+    }
 }

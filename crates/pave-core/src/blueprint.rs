@@ -62,6 +62,9 @@ pub struct WorkloadTemplate {
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<Value>,
+    /// Container image (Kubernetes targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Value>,
     /// Readiness deadline of the rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_timeout_secs: Option<Value>,

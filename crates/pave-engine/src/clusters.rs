@@ -41,6 +41,14 @@ fn credentials_name(target: &str) -> String {
     format!("{target}/kubeconfig")
 }
 
+/// Removes a cluster target's credentials from the vault.
+pub(crate) fn forget_credentials(target: &str) -> WriteOp {
+    WriteOp::DeleteSecret {
+        env: CREDENTIALS_SCOPE.to_string(),
+        name: credentials_name(target),
+    }
+}
+
 impl Engine {
     /// Adds a cluster served by an agent in this process, with the
     /// kubeconfig's credentials (sealed in the vault). The cluster must answer

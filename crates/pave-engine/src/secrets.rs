@@ -318,9 +318,18 @@ impl Engine {
         new: &pave_core::vault::MasterKey,
     ) -> Result<Vec<WriteOp>, EngineError> {
         let mut ops = Vec::new();
-        for env in self.store().list_environments().await? {
-            for m in self.store().list_secrets(&env.name, "").await? {
-                let Some(text) = self.store().get_secret(&env.name, &m.name).await? else {
+        // Every environment's secrets, and the credentials of cluster targets.
+        let mut scopes: Vec<String> = self
+            .store()
+            .list_environments()
+            .await?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        scopes.push(crate::clusters::CREDENTIALS_SCOPE.to_string());
+        for scope in &scopes {
+            for m in self.store().list_secrets(scope, "").await? {
+                let Some(text) = self.store().get_secret(scope, &m.name).await? else {
                     continue;
                 };
                 let Ok(sealed) = serde_json::from_str::<Sealed>(&text) else {
@@ -328,7 +337,7 @@ impl Engine {
                 };
                 if let Ok(moved) = old.rewrap(&sealed, new) {
                     ops.push(WriteOp::ResealSecret {
-                        env: env.name.clone(),
+                        env: scope.clone(),
                         name: m.name.clone(),
                         sealed: serde_json::to_string(&moved).unwrap_or_default(),
                     });
@@ -371,9 +380,16 @@ pub async fn recover_key_file(
     };
     let next_key = pave_core::vault::MasterKey::from_hex(next_hex.trim()).ok();
     let mut committed = false;
-    'envs: for env in store.list_environments().await? {
-        for m in store.list_secrets(&env.name, "").await? {
-            if let (Some(text), Some(key)) = (store.get_secret(&env.name, &m.name).await?, &next_key) {
+    let mut scopes: Vec<String> = store
+        .list_environments()
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    scopes.push(crate::clusters::CREDENTIALS_SCOPE.to_string());
+    'envs: for scope in &scopes {
+        for m in store.list_secrets(scope, "").await? {
+            if let (Some(text), Some(key)) = (store.get_secret(scope, &m.name).await?, &next_key) {
                 if let Ok(sealed) = serde_json::from_str::<Sealed>(&text) {
                     committed = key.open(&sealed).is_ok();
                     break 'envs;

@@ -272,19 +272,23 @@ impl Engine {
         if name == "local" {
             return Err(EngineError::Conflict("the `local` target is built in".into()));
         }
-        self.inner
-            .writer
-            .write(vec![
-                WriteOp::DeleteTarget(name.to_string()),
-                audit(
-                    &who.user,
-                    "target.remove",
-                    name,
-                    format!("target {name} removed"),
-                    json!({}),
-                ),
-            ])
-            .await?;
+        let mut ops = vec![
+            WriteOp::DeleteTarget(name.to_string()),
+            audit(
+                &who.user,
+                "target.remove",
+                name,
+                format!("target {name} removed"),
+                json!({}),
+            ),
+        ];
+        // A cluster reached directly: its credentials leave the vault with it.
+        if let Some(t) = self.store().get_target(name).await? {
+            if t.kind == crate::clusters::KUBERNETES && !t.agent {
+                ops.push(crate::clusters::forget_credentials(name));
+            }
+        }
+        self.inner.writer.write(ops).await?;
         self.drop_hub(name);
         Ok(())
     }

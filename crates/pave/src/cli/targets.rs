@@ -172,6 +172,9 @@ fn print_cluster(c: &Value) {
         t(&c["version"]),
         t(&c["platform"])
     );
+    if let Some(e) = c["access_error"].as_str() {
+        println!("  access: could not be checked: {e}");
+    }
     let access = c["access"].as_array().cloned().unwrap_or_default();
     let denied: Vec<&Value> = access.iter().filter(|a| a["allowed"] != true).collect();
     println!(
@@ -227,7 +230,6 @@ fn print_discovery(v: &Value) {
     if let Some(e) = v["helm_error"].as_str() {
         eprintln!("note: Helm releases could not be listed: {e}");
     }
-    println!("take one under management with: pave adopt deployment/NAME --env ENV");
 }
 
 /// How long `targets get` waits for a target's very first agent.
