@@ -245,6 +245,12 @@ pub async fn execute(cluster: &Cluster, cmd: &Command) -> Option<Outcome> {
             changes_outcome(objects.delete(&ns, kind, name).await.map(|c| vec![c]))
         }
         CommandPayload::RestoreObjects { changes, .. } => restore(objects, changes).await,
+        CommandPayload::WorkloadDrift { key, spec } => match cluster.target.drift(key, spec).await {
+            Ok(d) => Outcome::Succeeded {
+                output: serde_json::to_value(d).unwrap_or_default(),
+            },
+            Err(e) => failed("kube_failed", e),
+        },
         CommandPayload::Helm { env, op } => helm(cluster, &cluster.target.namespace(env), op.as_ref()).await,
         _ => return None,
     };

@@ -43,7 +43,6 @@ pub const CLUSTER_CAPABILITIES: &[&str] = &[
     "delete_object",
     "restore_objects",
     "helm",
-    "adopt_workload",
     "workload_drift",
 ];
 
@@ -338,17 +337,6 @@ pub enum CommandPayload {
         env: String,
         /// What to do.
         op: Box<HelmOp>,
-    },
-    /// Takes a Deployment pave did not make under management: reads its pod
-    /// template as a workload spec, labels it, changes nothing that restarts
-    /// pods. Output: `{"spec": WorkloadSpec}`.
-    AdoptWorkload {
-        /// The environment (its namespace holds the Deployment).
-        env: String,
-        /// The Deployment.
-        name: String,
-        /// The revision the adopted spec becomes.
-        revision: i64,
     },
     /// How the live Deployment differs from the fields pave last applied.
     /// Output: `{"drifted": bool, "diff": "…", "fields": [...]}`.

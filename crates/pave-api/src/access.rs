@@ -74,6 +74,11 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ),
     (
         "GET",
+        "/api/v1/environments/{name}/workloads/{workload}/drift",
+        Access::Env(Role::Viewer),
+    ),
+    (
+        "GET",
         "/api/v1/environments/{name}/helm",
         Access::Env(Role::Viewer),
     ),

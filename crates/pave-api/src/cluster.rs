@@ -145,3 +145,16 @@ pub(crate) async fn helm_history(
             .await?,
     ))
 }
+
+/// How a workload's live Deployment differs from what pave applied for its
+/// current revision (asked now, not the last sweep's finding).
+#[utoipa::path(get, path = "/api/v1/environments/{name}/workloads/{workload}/drift",
+    params(("name" = String, Path), ("workload" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 403), (status = 404), (status = 502)),
+    security(("bearer" = [])))]
+pub(crate) async fn drift(
+    State(state): State<AppState>,
+    Path((name, workload)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.engine.workload_drift(&name, &workload).await?))
+}

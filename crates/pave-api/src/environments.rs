@@ -392,6 +392,11 @@ pub struct WorkloadDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub revisions: Option<Vec<pave_store::RevisionRecord>>,
+    /// On a Kubernetes target: how the live Deployment differs from what pave
+    /// applied, as the last drift sweep found it (absent: no drift).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub drift: Option<serde_json::Value>,
 }
 
 async fn workload_dto(state: &AppState, w: pave_store::WorkloadRecord) -> WorkloadDto {
@@ -399,6 +404,7 @@ async fn workload_dto(state: &AppState, w: pave_store::WorkloadRecord) -> Worklo
         Ok(s) => (s, None),
         Err(e) => (serde_json::Value::Null, Some(e)),
     };
+    let drift = state.engine.known_drift(&w.env, &w.name);
     WorkloadDto {
         name: w.name,
         current_revision: w.current_revision,
@@ -408,6 +414,7 @@ async fn workload_dto(state: &AppState, w: pave_store::WorkloadRecord) -> Worklo
         status,
         status_error,
         revisions: None,
+        drift,
     }
 }
 

@@ -98,6 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{name}/objects/dry-run", post(cluster::dry_run))
         .route("/environments/{name}/objects/{kind}", get(cluster::list))
         .route("/environments/{name}/objects/{kind}/{object}", get(cluster::get))
+        .route(
+            "/environments/{name}/workloads/{workload}/drift",
+            get(cluster::drift),
+        )
         .route("/environments/{name}/helm", get(cluster::helm_list))
         .route("/environments/{name}/helm/{release}", get(cluster::helm_status))
         .route(

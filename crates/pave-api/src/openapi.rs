@@ -44,6 +44,7 @@ impl Modify for BearerAuth {
         crate::targets::revoke, crate::targets::enrollment, crate::targets::discover,
         crate::cluster::list, crate::cluster::get, crate::cluster::dry_run,
         crate::cluster::helm_list, crate::cluster::helm_status, crate::cluster::helm_history,
+        crate::cluster::drift,
     ),
     components(schemas(crate::environments::EnvironmentDto, crate::environments::CreateEnvironment,
         crate::environments::UpdateEnvironment, crate::environments::WorkloadDto,

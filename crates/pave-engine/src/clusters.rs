@@ -352,7 +352,7 @@ impl Engine {
     }
 
     /// The target of `env`, which must be a Kubernetes one.
-    async fn kube_target_of(&self, env: &str) -> Result<String, EngineError> {
+    pub(crate) async fn kube_target_of(&self, env: &str) -> Result<String, EngineError> {
         let e = self
             .store()
             .get_environment(env)
@@ -370,6 +370,126 @@ impl Engine {
             )));
         }
         Ok(t.name)
+    }
+}
+
+/// Compares every workload on a cluster reached directly or through its
+/// agent with what pave applied; a drift that appears or goes is an audit
+/// event, and the last finding is shown with the workload.
+pub(crate) async fn drift_sweep(engine: &Engine) {
+    let Ok(targets) = engine.store().list_targets().await else {
+        return;
+    };
+    let clusters: std::collections::BTreeSet<String> = targets
+        .into_iter()
+        .filter(|t| t.kind == KUBERNETES)
+        .map(|t| t.name)
+        .collect();
+    if clusters.is_empty() {
+        return;
+    }
+    let (Ok(envs), Ok(workloads)) = (
+        engine.store().list_environments().await,
+        engine.store().list_all_workloads().await,
+    ) else {
+        return;
+    };
+    let on_cluster: std::collections::BTreeSet<String> = envs
+        .into_iter()
+        .filter(|e| clusters.contains(&e.target))
+        .map(|e| e.name)
+        .collect();
+    for w in workloads
+        .iter()
+        .filter(|w| on_cluster.contains(&w.env) && w.current_revision.is_some())
+    {
+        // A workload being changed is not drifting: its action is the change.
+        let object = format!("workload/{}/{}", w.env, w.name);
+        let running = pave_store::ActionFilter {
+            env: Some(w.env.clone()),
+            state: Some(pave_core::ActionState::Running),
+            limit: 1000,
+            ..Default::default()
+        };
+        let busy = engine.store().list_actions(&running).await.map_or(true, |list| {
+            list.iter().any(|a| {
+                a.object
+                    .split(pave_core::plan::OBJECT_SEPARATOR)
+                    .any(|o| o == object)
+            })
+        });
+        if busy {
+            continue;
+        }
+        let Ok(found) = engine.workload_drift(&w.env, &w.name).await else {
+            continue;
+        };
+        let drifted = found["drifted"] == true;
+        let before = {
+            let mut map = engine.inner.drift.lock().unwrap_or_else(|p| p.into_inner());
+            if drifted {
+                map.insert(object.clone(), found.clone())
+            } else {
+                map.remove(&object)
+            }
+        };
+        let was = before.is_some_and(|b| b["drifted"] == true);
+        if drifted == was {
+            continue;
+        }
+        let fields: Vec<Value> = found["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| f["path"].clone())
+            .collect();
+        let (verb, summary) = if drifted {
+            (
+                "workload.drift",
+                format!(
+                    "{} in {} drifted from revision {}: {}",
+                    w.name,
+                    w.env,
+                    found["revision"],
+                    if found["missing"] == true {
+                        "its Deployment is gone".to_string()
+                    } else {
+                        fields
+                            .iter()
+                            .map(|f| f.as_str().unwrap_or_default())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            )
+        } else {
+            (
+                "workload.drift_resolved",
+                format!("{} in {} matches what pave applied again", w.name, w.env),
+            )
+        };
+        let audit = WriteOp::Audit(AuditDraft {
+            actor: "system".into(),
+            verb: verb.into(),
+            object,
+            summary,
+            details: json!({ "fields": fields }),
+        });
+        if let Err(e) = engine.inner.writer.write(vec![audit]).await {
+            tracing::warn!(error = %e, "could not record a drift");
+        }
+    }
+}
+
+impl Engine {
+    /// The drift the last sweep found for a workload, if any.
+    pub fn known_drift(&self, env: &str, name: &str) -> Option<Value> {
+        self.inner
+            .drift
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&format!("workload/{env}/{name}"))
+            .cloned()
     }
 }
 

@@ -116,6 +116,8 @@ pub(crate) struct Inner {
     pub not_ready_since: Mutex<HashMap<String, i64>>,
     /// Cluster target → why its in-process agent did not start.
     pub cluster_errors: Mutex<HashMap<String, String>>,
+    /// `workload/ENV/NAME` → its drift, as the last sweep found it.
+    pub drift: Mutex<HashMap<String, serde_json::Value>>,
 }
 
 /// The engine. Cheap to clone.
@@ -168,6 +170,7 @@ impl Engine {
                 rotation: tokio::sync::Mutex::new(()),
                 not_ready_since: Mutex::default(),
                 cluster_errors: Mutex::default(),
+                drift: Mutex::default(),
                 config,
             }),
         }
@@ -703,6 +706,7 @@ impl Engine {
         loop {
             tokio::time::sleep(self.inner.config.health_every).await;
             crate::resources::sweep(&self).await;
+            crate::clusters::drift_sweep(&self).await;
             if let Err(e) = self.expire_due().await {
                 tracing::warn!(error = %e, "could not expire approvals");
             }

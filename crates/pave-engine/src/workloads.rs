@@ -242,6 +242,35 @@ async fn serving_or_refuse(
     })
 }
 
+impl Engine {
+    /// How the live objects of a workload on a Kubernetes target differ from
+    /// what pave applies for its current revision.
+    pub async fn workload_drift(&self, env: &str, name: &str) -> Result<Value, crate::EngineError> {
+        let target = self.kube_target_of(env).await?;
+        let key = WorkloadKey::new(env, name);
+        let (cur, replicas) = serving_or_refuse(self, &key).await?;
+        let mut spec = cur.spec.clone();
+        spec["revision"] = json!(cur.revision);
+        let mut spec: WorkloadSpec = serde_json::from_value(spec).map_err(|e| {
+            crate::EngineError::Conflict(format!("stored revision {} is invalid: {e}", cur.revision))
+        })?;
+        spec.replicas = replicas;
+        // Only the names of env values reach the Deployment (the values are
+        // in its Secret): nothing secret is resolved for a comparison.
+        for v in spec.env.values_mut() {
+            v.clear();
+        }
+        self.query_target(
+            &target,
+            CommandPayload::WorkloadDrift {
+                key,
+                spec: Box::new(spec),
+            },
+        )
+        .await
+    }
+}
+
 /// Whether the newest revision is above `cur` and its deploy did not succeed.
 async fn failed_newer(
     engine: &Engine,

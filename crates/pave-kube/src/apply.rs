@@ -40,6 +40,27 @@ fn only_replicas_conflict(status: &Status) -> bool {
             .all(|c| c.reason == "FieldManagerConflict" && c.field == ".spec.replicas")
 }
 
+/// Whether every field of a conflict belongs to a hand edit (`kubectl edit`,
+/// `kubectl set image`, `kubectl scale` …: managers named `kubectl…`): that
+/// is drift, and a deploy through pave takes the fields back. A controller
+/// owning fields is a conflict of configuration, not drift.
+fn only_hand_edits_conflict(status: &Status) -> bool {
+    let causes = status
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or(&[]);
+    status.code == 409
+        && !causes.is_empty()
+        && causes.iter().all(|c| {
+            c.reason == "FieldManagerConflict"
+                && c.message
+                    .split('"')
+                    .nth(1)
+                    .is_some_and(|manager| manager.starts_with("kubectl"))
+        })
+}
+
 /// Whether an error says the namespace itself is missing (from the
 /// NamespaceLifecycle admission plugin on a create).
 fn namespace_missing(err: &kube::Error) -> bool {
@@ -131,11 +152,11 @@ impl KubeTarget {
             // would start a tug of war, so that fails with the managers' names.
             // (An HPA also writes `.spec.replicas`; a workload under an HPA
             // should not send replicas at all, which is for later.)
-            Err(kube::Error::Api(s)) if only_replicas_conflict(&s) => {
+            Err(kube::Error::Api(s)) if only_replicas_conflict(&s) || only_hand_edits_conflict(&s) => {
                 tracing::info!(
                     deployment = %object,
                     message = %s.message,
-                    "another manager owns .spec.replicas: applying again with force"
+                    "fields pave applies were changed by hand (or .spec.replicas by a scaler): applying again with force"
                 );
                 api.patch(name, &apply_params().force(), &Patch::Apply(deployment))
                     .await

@@ -19,6 +19,7 @@
 
 mod apply;
 mod cluster;
+pub mod drift;
 mod error;
 pub mod helm;
 pub mod manifest;

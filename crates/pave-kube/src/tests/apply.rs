@@ -515,3 +515,34 @@ fn names_kubernetes_refuses_are_refused_before_any_request() {
     };
     assert!(crate::manifest::build(&web(), "pave-demo", &spec).is_err());
 }
+
+/// A field changed with `kubectl edit` is drift: the deploy takes it back.
+#[tokio::test]
+async fn apply_takes_back_fields_changed_by_hand() {
+    let mut first = true;
+    let (target, server) = mock_target(move |r| {
+        match (r.method.as_str(), r.path.as_str()) {
+        ("PATCH", SECRET) => fixture("ssa.jsonl", "secret: create").reply(),
+        ("PATCH", DEPLOYMENT) if std::mem::take(&mut first) => Reply::status(
+            409,
+            "Conflict",
+            "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using apps/v1: .spec.template.spec.containers[name=\"app\"].image",
+            json!({ "causes": [
+                { "reason": "FieldManagerConflict", "message": "conflict with \"kubectl-edit\" using apps/v1", "field": ".spec.template.spec.containers[name=\"app\"].image" }
+            ] }),
+        ),
+        ("PATCH", DEPLOYMENT) => fixture("ssa.jsonl", "deployment: create").reply(),
+        (_, p) if p.ends_with("/services/web") => fixture("ssa.jsonl", "service: create").reply(),
+        _ => status_reads(r).unwrap_or_else(|| unexpected(r)),
+    }
+    });
+    target
+        .apply_workload(&web(), &full_spec())
+        .await
+        .expect("applied");
+    drop(target);
+    let seen = server.requests().await;
+    let applies: Vec<_> = seen.iter().filter(|r| r.is("PATCH", DEPLOYMENT)).collect();
+    assert_eq!(applies.len(), 2, "one forced retry");
+    assert_eq!(applies[1].q("force"), Some("true"));
+}

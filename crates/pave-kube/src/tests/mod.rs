@@ -7,6 +7,7 @@
 
 mod apply;
 mod cluster;
+mod drift;
 mod errors;
 mod helm;
 mod objects;

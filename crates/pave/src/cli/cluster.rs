@@ -70,6 +70,17 @@ pub struct DeleteArgs {
     pub env: String,
 }
 
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Workload name.
+    pub name: String,
+    /// Environment.
+    #[arg(long)]
+    pub env: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum HelmCmd {
     /// Install a chart as a release (an action; its undo uninstalls).
@@ -384,6 +395,35 @@ pub async fn delete(a: DeleteArgs) -> anyhow::Result<i32> {
     )
     .await?;
     finish_mutation(&client, action, a.wait.wait, a.client.output).await
+}
+
+/// Prints how the live Deployment differs from what pave applied; exits 1
+/// when it drifted (like `diff`).
+pub async fn diff(a: DiffArgs) -> anyhow::Result<i32> {
+    let client = Client::from_args(&a.client)?;
+    let v: Value = client
+        .get(&format!(
+            "/api/v1/environments/{}/workloads/{}/drift",
+            a.env, a.name
+        ))
+        .await?;
+    if !output::structured(a.client.output, &v)? {
+        if v["missing"] == true {
+            println!(
+                "{}: the Deployment is gone (a deploy or rollback brings it back)",
+                t(&v["object"])
+            );
+        } else if v["drifted"] == true {
+            print!("{}", v["diff"].as_str().unwrap_or_default());
+            println!(
+                "(a deploy applies revision {} again; `pave restart` rolls it out anew)",
+                t(&v["revision"])
+            );
+        } else {
+            println!("{} matches revision {}", t(&v["object"]), t(&v["revision"]));
+        }
+    }
+    Ok(if v["drifted"] == true { 1 } else { exit::OK })
 }
 
 /// A chart directory or archive here is uploaded; anything else is a

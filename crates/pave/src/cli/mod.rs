@@ -95,6 +95,8 @@ pub enum Command {
     Edit(cluster::EditArgs),
     /// Delete one object of a Kubernetes environment (an action; undo re-creates it).
     Delete(cluster::DeleteArgs),
+    /// Show how a workload's live Deployment differs from what pave applied (exit 1 when it drifted).
+    Diff(cluster::DiffArgs),
     /// Helm releases in a Kubernetes environment.
     #[command(subcommand)]
     Helm(cluster::HelmCmd),
@@ -247,6 +249,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Edit(args) => cluster::edit(args).await,
         Command::Delete(args) => cluster::delete(args).await,
         Command::Helm(cmd) => cluster::helm(cmd).await,
+        Command::Diff(args) => cluster::diff(args).await,
         Command::Login(args) => login::login(args).await,
         Command::Version(args) => login::version(args).await,
         // Handled in main, before any async runtime exists: the shim forks and
