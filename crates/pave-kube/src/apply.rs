@@ -61,6 +61,16 @@ fn only_hand_edits_conflict(status: &Status) -> bool {
         })
 }
 
+/// pave's revision in a Deployment's pod template (none: not a template pave applied).
+fn pave_revision(d: &Deployment) -> Option<i64> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(crate::REVISION_KEY))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Whether an error says the namespace itself is missing (from the
 /// NamespaceLifecycle admission plugin on a create).
 fn namespace_missing(err: &kube::Error) -> bool {
@@ -112,7 +122,25 @@ impl KubeTarget {
             Err(e) => return Err(error::api("apply", &secret_object, e)),
         }
 
-        self.apply_deployment(&ns, name, &m.deployment).await?;
+        // The same revision again (a scale, a retried step): its template is
+        // what runs, so only the replica count can differ, and that goes
+        // through the scale subresource, as `kubectl scale` does.
+        let deployments: Api<Deployment> = self.api(&ns);
+        let live = deployments
+            .get_opt(name)
+            .await
+            .map_err(|e| error::api("get", format!("Deployment {ns}/{name}"), e))?;
+        match live.filter(|d| pave_revision(d) == Some(spec.revision)) {
+            Some(d) => {
+                let want = i32::try_from(spec.replicas).unwrap_or(i32::MAX);
+                if d.spec.as_ref().and_then(|s| s.replicas) != Some(want) {
+                    self.scale(key, spec.replicas).await?;
+                }
+            }
+            None => {
+                self.apply_deployment(&ns, name, &m.deployment).await?;
+            }
+        }
 
         let services: Api<Service> = self.api(&ns);
         let service_object = format!("Service {ns}/{name}");

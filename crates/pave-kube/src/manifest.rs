@@ -141,13 +141,16 @@ pub fn build(key: &WorkloadKey, namespace: &str, spec: &WorkloadSpec) -> Result<
             // the caller gives `watch_ready`; this one only flags a rollout that
             // made no progress at all for 10 minutes (`ProgressDeadlineExceeded`).
             progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
-            // Old replicas keep serving until new ones are ready, as the local
-            // target does (maxSurge stays at its default 25%, at least one pod).
+            // As on the local target: every replica of the new revision starts
+            // at once beside the old ones, which keep serving until the new
+            // ones are ready. A rollout is one step, not one per pod, so a
+            // revision that turns bad after its start is caught as the
+            // current one (by remediation) rather than halfway through.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
                     max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: None,
+                    max_surge: Some(IntOrString::String("100%".into())),
                 }),
             }),
             template: PodTemplateSpec {

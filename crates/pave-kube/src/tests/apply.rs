@@ -72,7 +72,9 @@ async fn apply_sends_secret_deployment_and_service_and_returns_the_status() {
     assert_eq!(status.ready, 2);
     assert_eq!(status.replicas.len(), 2);
 
-    let seen = server.requests().await;
+    // Reads aside (the live Deployment first, the status after), the writes in order.
+    let all = server.requests().await;
+    let seen: Vec<&Seen> = all.iter().filter(|r| r.method != "GET").collect();
     let paths: Vec<(&str, &str)> = seen
         .iter()
         .map(|r| (r.method.as_str(), r.path.as_str()))
@@ -166,16 +168,19 @@ async fn apply_sends_secret_deployment_and_service_and_returns_the_status() {
     );
     assert_eq!(s["spec"]["selector"], spec["selector"]["matchLabels"]);
 
-    // Then the status: the Deployment, and its ReplicaSets and pods by its selector.
-    assert!(seen[3].is("GET", DEPLOYMENT));
-    for r in &seen[4..] {
+    // The live Deployment before the writes (same revision: only a scale),
+    // then the status: the Deployment, and its ReplicaSets and pods by its selector.
+    let reads: Vec<&Seen> = all.iter().filter(|r| r.method == "GET").collect();
+    assert!(all[1].is("GET", DEPLOYMENT));
+    assert!(reads[1].is("GET", DEPLOYMENT));
+    for r in &reads[2..] {
         assert_eq!(
             r.q("labelSelector"),
             Some("app=web"),
             "the Deployment's own selector"
         );
     }
-    assert_eq!(seen.len(), 6);
+    assert_eq!(all.len(), 7);
 }
 
 #[tokio::test]
@@ -222,7 +227,13 @@ async fn apply_without_a_port_deletes_the_service_and_sets_no_port() {
         .await
         .expect("applied (a missing Service is fine)");
     drop(target);
-    let seen = server.requests().await;
+    // Reads aside (the live Deployment first, the status after), the writes in order.
+    let seen: Vec<_> = server
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
     let d = seen[1].json();
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     assert!(c.get("ports").is_none());
@@ -300,6 +311,7 @@ async fn apply_does_not_force_over_fields_other_than_replicas() {
                 { "reason": "FieldManagerConflict", "message": "conflict with \"argocd-controller\" using apps/v1", "field": ".spec.template.spec.containers[name=\"app\"].image" }
             ] }),
         ),
+        ("GET", DEPLOYMENT) => no_deployment(),
         _ => unexpected(r),
     }
     });
@@ -465,7 +477,7 @@ fn a_minimal_deployment_is_exactly_what_pave_manages() {
                 "replicas": 1,
                 "progressDeadlineSeconds": 600,
                 "selector": { "matchLabels": { "app.kubernetes.io/managed-by": "pave", "app.kubernetes.io/name": "web" } },
-                "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0 } },
+                "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "100%" } },
                 "template": {
                     "metadata": {
                         "labels": {
@@ -545,4 +557,34 @@ async fn apply_takes_back_fields_changed_by_hand() {
     let applies: Vec<_> = seen.iter().filter(|r| r.is("PATCH", DEPLOYMENT)).collect();
     assert_eq!(applies.len(), 2, "one forced retry");
     assert_eq!(applies[1].q("force"), Some("true"));
+}
+
+/// The same revision again with another replica count (a `scale`): the
+/// template is not sent again, the count goes through the scale subresource.
+#[tokio::test]
+async fn a_scale_of_the_running_revision_uses_the_scale_subresource() {
+    let spec = full_spec();
+    let m = crate::manifest::build(&web(), "pave-demo", &spec).unwrap();
+    let mut live = serde_json::to_value(&m.deployment).unwrap();
+    live["spec"]["replicas"] = json!(2);
+    let scaled = WorkloadSpec { replicas: 3, ..spec };
+    let (target, server) = mock_target(move |r| match (r.method.as_str(), r.path.as_str()) {
+        ("PATCH", SECRET) => fixture("ssa.jsonl", "secret: create").reply(),
+        ("GET", DEPLOYMENT) => Reply::json(200, live.clone()),
+        ("PATCH", p) if p.ends_with("/deployments/web/scale") => {
+            fixture("scale.jsonl", "patch scale replicas=3 (merge patch)").reply()
+        }
+        ("PATCH", SERVICE) => fixture("ssa.jsonl", "service: create").reply(),
+        _ => status_reads(r).unwrap_or_else(|| unexpected(r)),
+    });
+    target.apply_workload(&web(), &scaled).await.expect("scaled");
+    drop(target);
+    let seen = server.requests().await;
+    assert!(
+        !seen.iter().any(|r| r.is("PATCH", DEPLOYMENT)),
+        "the template is not applied again"
+    );
+    let scale = seen.iter().find(|r| r.path.ends_with("/scale")).expect("a scale");
+    assert_eq!(scale.json()["spec"]["replicas"], 3);
+    assert_eq!(scale.q("fieldManager"), Some(crate::SCALE_FIELD_MANAGER));
 }

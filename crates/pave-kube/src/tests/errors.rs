@@ -66,6 +66,7 @@ async fn an_invalid_deployment_is_an_invalid_workload_with_the_apis_causes() {
         ("PATCH", "/apis/apps/v1/namespaces/pave-demo/deployments/web") => {
             fixture("errors.jsonl", "422 apply full deployment with replicas=-1").reply()
         }
+        ("GET", "/apis/apps/v1/namespaces/pave-demo/deployments/web") => no_deployment(),
         _ => unexpected(r),
     });
     let err = target.apply(&web(), &full_spec()).await.expect_err("invalid");
@@ -94,6 +95,7 @@ async fn a_500_without_a_reason_keeps_the_apis_message() {
         ("PATCH", "/apis/apps/v1/namespaces/pave-demo/deployments/web") => {
             fixture("errors.jsonl", "500 apply with bad replicas type").reply()
         }
+        ("GET", "/apis/apps/v1/namespaces/pave-demo/deployments/web") => no_deployment(),
         _ => unexpected(r),
     });
     let err = target

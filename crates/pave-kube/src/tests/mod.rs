@@ -284,6 +284,12 @@ pub fn status_reads(r: &Seen) -> Option<Reply> {
     }
 }
 
+/// The recorded 404 of a Deployment that does not exist (the first apply of a
+/// workload reads it before applying).
+pub fn no_deployment() -> Reply {
+    fixture("errors.jsonl", "404 get missing deployment").reply()
+}
+
 /// An answer for a request no test expected.
 pub fn unexpected(r: &Seen) -> Reply {
     Reply::status(
