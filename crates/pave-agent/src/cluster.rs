@@ -94,7 +94,12 @@ pub struct Cluster {
     target: KubeTarget,
     objects: Objects,
     helm: Helm,
+    /// Environment → its namespace, as told (`ensure_namespace`) or found
+    /// by the namespace's `pave.dev/environment` label.
+    namespaces: Namespaces,
 }
+
+type Namespaces = Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>;
 
 impl Cluster {
     /// The drivers over `credentials`; Helm works in `work_dir`.
@@ -104,7 +109,16 @@ impl Cluster {
     ) -> Result<Self, ClusterError> {
         let client = client(credentials).await?;
         let objects = Objects::new(client.clone());
-        let target = KubeTarget::with_env_namespaces(client).with_default_image(default_image());
+        let namespaces = Namespaces::default();
+        let map = namespaces.clone();
+        let target = KubeTarget::new(client, move |env| {
+            map.read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(env)
+                .cloned()
+                .unwrap_or_else(|| pave_kube::env_namespace(env))
+        })
+        .with_default_image(default_image());
         let helm = match credentials {
             Credentials::Kubeconfig { yaml, context } => {
                 let helm = Helm::new(yaml.clone(), work_dir);
@@ -123,12 +137,70 @@ impl Cluster {
             target,
             objects,
             helm,
+            namespaces,
         })
     }
 
     /// The workload driver.
     pub fn target(&self) -> &KubeTarget {
         &self.target
+    }
+
+    fn set_namespace(&self, env: &str, namespace: String) {
+        self.namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(env.to_string(), namespace);
+    }
+
+    /// Finds the namespace of `env` the first time it is needed (after a
+    /// restart of the agent): the one pave labelled for it, else its name.
+    async fn learn_namespace(&self, env: &str) {
+        if self
+            .namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(env)
+        {
+            return;
+        }
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(self.target.client().clone());
+        let lp = kube::api::ListParams::default().labels(&format!("{}={env}", pave_kube::ENVIRONMENT_LABEL));
+        let found = match api.list_metadata(&lp).await {
+            Ok(list) => list.items.into_iter().find_map(|n| n.metadata.name),
+            Err(e) => {
+                tracing::debug!(env, error = %e, "could not look the namespace up; using the environment's name");
+                None
+            }
+        };
+        self.set_namespace(env, found.unwrap_or_else(|| pave_kube::env_namespace(env)));
+    }
+}
+
+/// The environment a command acts in.
+fn env_of(payload: &CommandPayload) -> Option<&str> {
+    match payload {
+        CommandPayload::ApplyWorkload { key, .. }
+        | CommandPayload::AwaitWorkload { key, .. }
+        | CommandPayload::RestoreWorkload { key, .. }
+        | CommandPayload::WorkloadStatus { key }
+        | CommandPayload::PruneWorkload { key, .. }
+        | CommandPayload::ExecWorkload { key, .. }
+        | CommandPayload::FollowWorkloadLogs { key, .. }
+        | CommandPayload::WorkloadLogs { key, .. }
+        | CommandPayload::WorkloadDrift { key, .. } => Some(&key.env),
+        CommandPayload::ProvisionResource { request }
+        | CommandPayload::CheckResource { request }
+        | CommandPayload::RepairResource { request }
+        | CommandPayload::DeleteResource { request } => Some(&request.env),
+        CommandPayload::GetObjects { env, .. }
+        | CommandPayload::ApplyObjects { env, .. }
+        | CommandPayload::PatchObject { env, .. }
+        | CommandPayload::DeleteObject { env, .. }
+        | CommandPayload::RestoreObjects { env, .. }
+        | CommandPayload::Helm { env, .. } => Some(env),
+        _ => None,
     }
 }
 
@@ -199,6 +271,9 @@ fn changes_outcome(r: Result<Vec<Change>, pave_kube::KubeError>) -> Outcome {
 /// Executes a command only a cluster has, or `None` when it is not one.
 pub async fn execute(cluster: &Cluster, cmd: &Command) -> Option<Outcome> {
     let objects = &cluster.objects;
+    if let Some(env) = env_of(&cmd.payload) {
+        cluster.learn_namespace(env).await;
+    }
     if let Some(refused) = refuse_secrets(objects, &cmd.payload).await {
         return Some(refused);
     }
@@ -208,7 +283,10 @@ pub async fn execute(cluster: &Cluster, cmd: &Command) -> Option<Outcome> {
             "jobs do not run on a Kubernetes target yet: they would run on the agent's host, not in the cluster",
         ),
         CommandPayload::ClusterInfo => info(cluster).await,
-        CommandPayload::EnsureNamespace { env, labels } => {
+        CommandPayload::EnsureNamespace { env, namespace, labels } => {
+            if let Some(ns) = namespace {
+                cluster.set_namespace(env, ns.clone());
+            }
             match cluster.target.ensure_namespace(env, labels).await {
                 Ok(_) => Outcome::Succeeded {
                     output: json!({ "namespace": cluster.target.namespace(env) }),

@@ -271,6 +271,9 @@ pub enum CommandPayload {
     EnsureNamespace {
         /// The environment.
         env: String,
+        /// Its namespace (default: the environment's name).
+        #[serde(default)]
+        namespace: Option<String>,
         /// Its labels, put on the namespace.
         #[serde(default)]
         labels: BTreeMap<String, String>,

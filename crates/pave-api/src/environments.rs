@@ -31,6 +31,9 @@ pub struct CreateEnvironment {
     /// Labels policy reads (`tier=production`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// On a Kubernetes target: the namespace (default: the environment's name).
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// Body of `PATCH /api/v1/environments/{name}`.
@@ -53,6 +56,9 @@ pub struct EnvironmentDto {
     pub labels: BTreeMap<String, String>,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// On a Kubernetes target: its namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl From<Environment> for EnvironmentDto {
@@ -62,6 +68,7 @@ impl From<Environment> for EnvironmentDto {
             target: e.target,
             labels: e.labels,
             created_at: e.created_at,
+            namespace: e.namespace,
         }
     }
 }
@@ -106,6 +113,7 @@ pub(crate) async fn create(
         target: body.target.unwrap_or_else(|| "local".to_string()),
         labels: body.labels,
         created_at: now_ms(),
+        namespace: body.namespace,
     };
     if state.engine.store().get_environment(&env.name).await?.is_some() {
         return Err(ApiError::new(
@@ -119,7 +127,7 @@ pub(crate) async fn create(
     // nothing behind.
     state.engine.ensure_namespace(&env).await?;
     let summary = format!("environment {} created on target {}", env.name, env.target);
-    let details = json!({ "target": env.target, "labels": env.labels });
+    let details = json!({ "target": env.target, "labels": env.labels, "namespace": env.namespace });
     state
         .engine
         .writer()
@@ -254,7 +262,9 @@ pub(crate) async fn clone(
         target: src.target.clone(),
         labels,
         created_at: now_ms(),
+        namespace: None,
     };
+    state.engine.ensure_namespace(&env).await?;
     let summary = format!("environment {} created as a clone of {source}", env.name);
     let details = json!({ "target": env.target, "labels": env.labels, "source": source });
     state

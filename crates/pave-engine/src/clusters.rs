@@ -257,10 +257,10 @@ impl Engine {
             .await?
             .into_iter()
             .filter(|e| e.target == target)
-            .map(|e| (pave_kube_namespace(&e.name), e.name))
+            .map(|e| (e.namespace().to_string(), e.name))
             .collect();
         let mut managed = std::collections::BTreeSet::new();
-        for env in envs.values() {
+        for (ns, env) in &envs {
             let filter = pave_store::ActionFilter {
                 env: Some(env.clone()),
                 limit: 10_000,
@@ -269,7 +269,7 @@ impl Engine {
             for a in self.store().list_actions(&filter).await? {
                 if a.kind.starts_with("helm.") {
                     if let Some(r) = a.input["release"].as_str() {
-                        managed.insert((pave_kube_namespace(env), r.to_string()));
+                        managed.insert((ns.clone(), r.to_string()));
                     }
                 }
             }
@@ -287,19 +287,41 @@ impl Engine {
     }
 
     /// Creates the namespace of an environment on a Kubernetes target (with
-    /// the environment's labels); nothing for other targets.
+    /// the environment's labels), refusing one another environment of the
+    /// cluster has; checks that no namespace is asked for on another target.
     pub async fn ensure_namespace(&self, env: &Environment) -> Result<(), EngineError> {
         let Some(t) = self.store().get_target(&env.target).await? else {
             return Err(EngineError::NotFound(format!("target `{}`", env.target)));
         };
         if t.kind != KUBERNETES {
+            if env.namespace.is_some() {
+                return Err(invalid(format!(
+                    "target `{}` is a {} target: a namespace is for an environment on a Kubernetes cluster",
+                    t.name, t.kind
+                )));
+            }
             return Ok(());
+        }
+        let ns = env.namespace();
+        pave_core::names::validate_name("namespace", ns)?;
+        let taken = self
+            .store()
+            .list_environments()
+            .await?
+            .into_iter()
+            .find(|e| e.target == env.target && e.name != env.name && e.namespace() == ns);
+        if let Some(other) = taken {
+            return Err(EngineError::Conflict(format!(
+                "namespace `{ns}` of cluster `{}` belongs to environment `{}`",
+                env.target, other.name
+            )));
         }
         let labels = pave_agent::cluster::namespace_labels(&env.labels);
         self.query_target(
             &env.target,
             CommandPayload::EnsureNamespace {
                 env: env.name.clone(),
+                namespace: Some(ns.to_string()),
                 labels,
             },
         )
@@ -491,11 +513,6 @@ impl Engine {
             .get(&format!("workload/{env}/{name}"))
             .cloned()
     }
-}
-
-/// The namespace of an environment (its name; see `pave_kube::env_namespace`).
-fn pave_kube_namespace(env: &str) -> String {
-    env.to_string()
 }
 
 async fn hub_query(hub: &AgentHub, target: &str, payload: CommandPayload) -> Result<Outcome, String> {

@@ -296,6 +296,7 @@ async fn commands_reach_only_the_target_of_the_credential() {
             target: "b".into(),
             labels: BTreeMap::new(),
             created_at: pave_core::time::now_ms(),
+            namespace: None,
         })])
         .await
         .unwrap();

@@ -139,6 +139,14 @@ pub const REQUIRED_ACCESS: &[Access] = &[
     access("create", "", "namespaces", "", true, "ensure_namespace (apply)"),
     access("patch", "", "namespaces", "", true, "ensure_namespace (apply)"),
     access(
+        "list",
+        "",
+        "namespaces",
+        "",
+        true,
+        "an environment's namespace (by its label)",
+    ),
+    access(
         "create",
         "",
         "secrets",

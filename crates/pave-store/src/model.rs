@@ -548,4 +548,14 @@ pub struct Environment {
     pub labels: BTreeMap<String, String>,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// On a Kubernetes target: its namespace (`None`: the environment's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl Environment {
+    /// The Kubernetes namespace of the environment (on a cluster target).
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(&self.name)
+    }
 }

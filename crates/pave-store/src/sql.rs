@@ -602,12 +602,14 @@ macro_rules! sql_store {
                             return Err(StoreError::NotFound(format!("target `{}`", env.target)));
                         }
                         sqlx::query(
-                            "INSERT INTO environments (name, target, labels, created_at) VALUES ($1, $2, $3, $4)",
+                            "INSERT INTO environments (name, target, labels, created_at, namespace) \
+                             VALUES ($1, $2, $3, $4, $5)",
                         )
                         .bind(&env.name)
                         .bind(&env.target)
                         .bind(labels_text(&env.labels))
                         .bind(env.created_at)
+                        .bind(&env.namespace)
                         .execute(&mut *conn)
                         .await
                         .map_err(|e| conflict_as(e, format!("environment `{}`", env.name)))?;
@@ -1677,19 +1679,20 @@ macro_rules! sql_store {
             }
 
             async fn list_environments(&self) -> Result<Vec<Environment>> {
-                let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-                    "SELECT name, target, labels, created_at FROM environments ORDER BY name",
+                let rows: Vec<(String, String, String, i64, Option<String>)> = sqlx::query_as(
+                    "SELECT name, target, labels, created_at, namespace FROM environments ORDER BY name",
                 )
                 .fetch_all(self.reader())
                 .await?;
                 rows.into_iter()
-                    .map(|(name, target, labels, created_at)| {
+                    .map(|(name, target, labels, created_at, namespace)| {
                         Ok(Environment {
                             name,
                             target,
                             labels: serde_json::from_str(&labels)
                                 .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?,
                             created_at,
+                            namespace,
                         })
                     })
                     .collect()
@@ -1953,19 +1956,20 @@ macro_rules! sql_store {
             }
 
             async fn get_environment(&self, name: &str) -> Result<Option<Environment>> {
-                let row: Option<(String, String, String, i64)> = sqlx::query_as(
-                    "SELECT name, target, labels, created_at FROM environments WHERE name = $1",
+                let row: Option<(String, String, String, i64, Option<String>)> = sqlx::query_as(
+                    "SELECT name, target, labels, created_at, namespace FROM environments WHERE name = $1",
                 )
                 .bind(name)
                 .fetch_optional(self.reader())
                 .await?;
-                row.map(|(name, target, labels, created_at)| {
+                row.map(|(name, target, labels, created_at, namespace)| {
                     Ok(Environment {
                         name,
                         target,
                         labels: serde_json::from_str(&labels)
                             .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?,
                         created_at,
+                        namespace,
                     })
                 })
                 .transpose()

@@ -708,11 +708,22 @@ async fn a_target_in_use_is_not_deleted(store: DynStore) {
                 target: "edge".into(),
                 labels: Default::default(),
                 created_at: 1,
+                namespace: Some(format!("ns-{env}")),
             })],
         )
         .await
         .unwrap();
     }
+    // The namespace of an environment on a cluster comes back as written.
+    let prod = store.get_environment("prod").await.unwrap().unwrap();
+    assert_eq!(
+        (prod.namespace.as_deref(), prod.namespace()),
+        (Some("ns-prod"), "ns-prod")
+    );
+    let listed = store.list_environments().await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|e| e.name == "staging" && e.namespace() == "ns-staging"));
     let r = one(&store, vec![WriteOp::DeleteTarget("edge".into())]).await;
     match r {
         Err(e @ StoreError::Precondition { .. }) => assert_eq!(

@@ -96,6 +96,16 @@ fn a_cluster_that_does_not_answer_is_not_added() {
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
     }
+    // A namespace is for an environment on a cluster; nothing is created.
+    let out = server.cli(&["env", "create", "ns-here", "--namespace", "elsewhere"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a namespace is for an environment on a Kubernetes cluster"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.cli(&["env", "get", "ns-here"]);
+    assert!(!out.status.success(), "the environment was not created");
     // Kubernetes-only verbs on the local target say so.
     let out = server.cli(&["get", "deployments", "--env", "local"]);
     assert!(!out.status.success());

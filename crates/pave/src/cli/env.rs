@@ -69,6 +69,9 @@ pub struct CreateArgs {
     /// What pave does about incidents here: observe (propose), approve (a person applies) or auto.
     #[arg(long, value_parser = ["observe", "approve", "auto"])]
     pub remediation: Option<String>,
+    /// On a Kubernetes target: its namespace (default: the environment's name).
+    #[arg(long)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +111,8 @@ struct Env {
     target: String,
     labels: BTreeMap<String, String>,
     created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
 }
 
 fn labels_text(l: &BTreeMap<String, String>) -> String {
@@ -128,6 +133,9 @@ fn print_one(format: super::Format, e: &Env) -> anyhow::Result<()> {
                 output::age(e.created_at),
             ]],
         );
+        if let Some(ns) = &e.namespace {
+            println!("namespace: {ns}");
+        }
     }
     Ok(())
 }
@@ -144,7 +152,7 @@ pub async fn run(cmd: EnvCmd) -> anyhow::Result<i32> {
             let e: Env = client
                 .post(
                     "/api/v1/environments",
-                    &json!({ "name": a.name, "target": a.target, "labels": labels }),
+                    &json!({ "name": a.name, "target": a.target, "labels": labels, "namespace": a.namespace }),
                     &[],
                 )
                 .await?;

@@ -29,6 +29,7 @@ const RUN_AS: u32 = 65532;
 pub const REQUIRED_ACCESS: &[(&str, &str, &str, &str)] = &[
     ("create", "", "namespaces", ""),
     ("patch", "", "namespaces", ""),
+    ("list", "", "namespaces", ""),
     ("create", "", "secrets", ""),
     ("patch", "", "secrets", ""),
     ("delete", "", "secrets", ""),
