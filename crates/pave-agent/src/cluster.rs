@@ -189,7 +189,8 @@ fn env_of(payload: &CommandPayload) -> Option<&str> {
         | CommandPayload::ExecWorkload { key, .. }
         | CommandPayload::FollowWorkloadLogs { key, .. }
         | CommandPayload::WorkloadLogs { key, .. }
-        | CommandPayload::WorkloadDrift { key, .. } => Some(&key.env),
+        | CommandPayload::WorkloadDrift { key, .. }
+        | CommandPayload::AdoptWorkload { key } => Some(&key.env),
         CommandPayload::ProvisionResource { request }
         | CommandPayload::CheckResource { request }
         | CommandPayload::RepairResource { request }
@@ -323,6 +324,12 @@ pub async fn execute(cluster: &Cluster, cmd: &Command) -> Option<Outcome> {
             changes_outcome(objects.delete(&ns, kind, name).await.map(|c| vec![c]))
         }
         CommandPayload::RestoreObjects { changes, .. } => restore(objects, changes).await,
+        CommandPayload::AdoptWorkload { key } => match cluster.target.adopt(key).await {
+            Ok(spec) => Outcome::Succeeded {
+                output: json!({ "spec": spec }),
+            },
+            Err(e) => failed("kube_failed", e),
+        },
         CommandPayload::WorkloadDrift { key, spec } => match cluster.target.drift(key, spec).await {
             Ok(d) => Outcome::Succeeded {
                 output: serde_json::to_value(d).unwrap_or_default(),

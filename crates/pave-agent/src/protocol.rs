@@ -43,6 +43,7 @@ pub const CLUSTER_CAPABILITIES: &[&str] = &[
     "delete_object",
     "restore_objects",
     "helm",
+    "adopt_workload",
     "workload_drift",
 ];
 
@@ -340,6 +341,12 @@ pub enum CommandPayload {
         env: String,
         /// What to do.
         op: Box<HelmOp>,
+    },
+    /// Takes a Deployment pave did not make under management: its pod
+    /// template becomes revision 1 (nothing restarts). Output: `{"spec": …}`.
+    AdoptWorkload {
+        /// The workload (the Deployment of that name in the environment's namespace).
+        key: WorkloadKey,
     },
     /// How the live Deployment differs from the fields pave last applied.
     /// Output: `{"drifted": bool, "diff": "…", "fields": [...]}`.

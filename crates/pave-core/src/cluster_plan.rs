@@ -10,6 +10,7 @@ use crate::plan::{step, Plan};
 
 /// Action kinds of Kubernetes environments.
 pub const KINDS: &[&str] = &[
+    "workload.adopt",
     "object.apply",
     "object.patch",
     "object.delete",
@@ -164,6 +165,7 @@ fn undo_changes(env: &str) -> Value {
 /// Plans a Kubernetes action, or `None` when `kind` is not one.
 pub fn plan(kind: &str, env: &str, input: Value) -> Option<Result<Plan, CoreError>> {
     let planned = match kind {
+        "workload.adopt" => plan_adopt(env, input),
         "object.apply" => plan_apply(env, input),
         "object.patch" | "object.delete" => plan_object(kind, env, input),
         "helm.install" | "helm.upgrade" => plan_helm_install(kind == "helm.upgrade", env, input),
@@ -171,6 +173,29 @@ pub fn plan(kind: &str, env: &str, input: Value) -> Option<Result<Plan, CoreErro
         _ => return None,
     };
     Some(planned)
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct AdoptInput {
+    name: String,
+}
+
+fn plan_adopt(env: &str, input: Value) -> Result<Plan, CoreError> {
+    let a: AdoptInput = parse(input)?;
+    crate::names::validate_name("workload", &a.name)?;
+    Ok(Plan {
+        object: format!("workload/{env}/{}", a.name),
+        steps: vec![step(
+            0,
+            &format!("adopt deployment {}", a.name),
+            "adopt_workload",
+            true,
+            json!({ "env": env, "name": a.name }),
+            Value::Null,
+        )],
+        input: serde_json::to_value(&a).map_err(|e| invalid(e.to_string()))?,
+    })
 }
 
 fn plan_apply(env: &str, input: Value) -> Result<Plan, CoreError> {

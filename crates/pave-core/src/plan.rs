@@ -24,6 +24,7 @@ pub const KINDS: &[&str] = &[
     "blueprint.apply",
     "env.clone",
     "env.delete",
+    "workload.adopt",
     "object.apply",
     "object.patch",
     "object.delete",

@@ -175,7 +175,9 @@ pub fn role_to_request(kind: &str) -> Role {
     match kind {
         "resource.delete" | "workload.delete" | "env.delete" | "env.clone" => Role::Operator,
         // Any object of the cluster, outside pave's own model of it.
-        "object.apply" | "object.patch" | "object.delete" | "helm.uninstall" => Role::Operator,
+        "object.apply" | "object.patch" | "object.delete" | "helm.uninstall" | "workload.adopt" => {
+            Role::Operator
+        }
         _ => Role::Developer,
     }
 }

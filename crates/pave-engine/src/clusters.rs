@@ -535,6 +535,7 @@ pub(crate) async fn prepare(
     spec: &Value,
 ) -> Option<Result<Prepared, PrepareError>> {
     let prepared = match kind {
+        "adopt_workload" => prepare_adopt(engine, spec).await,
         "apply_objects" => field(spec, "env").and_then(|env| {
             Ok(CommandPayload::ApplyObjects {
                 env: env.to_string(),
@@ -593,6 +594,56 @@ pub(crate) async fn prepare(
         payload,
         before: vec![],
     }))
+}
+
+async fn prepare_adopt(engine: &Engine, spec: &Value) -> Result<CommandPayload, PrepareError> {
+    let (env, name) = (field(spec, "env")?, field(spec, "name")?);
+    let known = engine
+        .store()
+        .get_workload(env, name)
+        .await
+        .map_err(|e| err("store_failed", e.to_string()))?;
+    if known.is_some() {
+        return Err(err(
+            "workload_exists",
+            format!("`{name}` is a pave workload in `{env}` already"),
+        ));
+    }
+    Ok(CommandPayload::AdoptWorkload {
+        key: pave_agent::protocol::WorkloadKey::new(env, name),
+    })
+}
+
+/// What to write with an adoption's result: the workload with its template
+/// as revision 1, current, at its replica count.
+pub(crate) fn after(action_id: &str, kind: &str, spec: &Value, outcome: &Outcome) -> Vec<WriteOp> {
+    let (Outcome::Succeeded { output }, "adopt_workload") = (outcome, kind) else {
+        return vec![];
+    };
+    let (Some(env), Some(name)) = (spec["env"].as_str(), spec["name"].as_str()) else {
+        return vec![];
+    };
+    let mut revision = output["spec"].clone();
+    let replicas = revision["replicas"].as_u64().and_then(|r| u32::try_from(r).ok());
+    if let Some(o) = revision.as_object_mut() {
+        o.remove("revision");
+    }
+    vec![
+        WriteOp::InsertRevision(pave_store::RevisionRecord {
+            env: env.to_string(),
+            name: name.to_string(),
+            revision: 1,
+            spec: revision,
+            created_by: action_id.to_string(),
+            created_at: now_ms(),
+        }),
+        WriteOp::SetCurrentRevision {
+            env: env.to_string(),
+            name: name.to_string(),
+            revision: Some(1),
+            replicas,
+        },
+    ]
 }
 
 /// What the step an undo undoes reported (its before-state).

@@ -489,6 +489,7 @@ impl Run {
         let mut ops = resources::after(&self.engine, kind, spec, &outcome_copy).await;
         ops.extend(workloads::after(&self.engine, self.id(), kind, spec, &outcome_copy).await);
         ops.extend(crate::expand::after(kind, spec, &outcome_copy));
+        ops.extend(crate::clusters::after(self.id(), kind, spec, &outcome_copy));
         ops.push(WriteOp::UpdateStep {
             action_id: self.id().to_string(),
             idx: step.idx,

@@ -61,14 +61,60 @@ fn only_hand_edits_conflict(status: &Status) -> bool {
         })
 }
 
-/// pave's revision in a Deployment's pod template (none: not a template pave applied).
-fn pave_revision(d: &Deployment) -> Option<i64> {
-    d.spec
+/// An adopted Deployment whose template is still the one adopted.
+fn adopted_untouched(d: &Deployment) -> bool {
+    status::adopted_revision(d).is_some()
+        && status::pave_revision(d) == Some(1)
+        && d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .is_none_or(|a| !a.contains_key(crate::REVISION_KEY))
+}
+
+/// What cannot change about a Deployment pave did not make (an adopted one):
+/// its selector (immutable), which the new template's labels must match,
+/// and its one container's name (a new name would be a second container).
+pub(crate) fn keep_shape(new: &mut Deployment, live: &Deployment) -> Result<()> {
+    let (Some(ns), Some(ls)) = (new.spec.as_mut(), live.spec.as_ref()) else {
+        return Ok(());
+    };
+    if ns.selector != ls.selector {
+        if ls
+            .selector
+            .match_expressions
+            .as_ref()
+            .is_some_and(|e| !e.is_empty())
+        {
+            return Err(KubeError::Invalid(
+                "the Deployment's selector has matchExpressions, which pave's template cannot be made to match"
+                    .into(),
+            ));
+        }
+        let keep = ls.selector.match_labels.clone().unwrap_or_default();
+        let labels = ns
+            .template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(Default::default);
+        labels.extend(keep);
+        ns.selector = ls.selector.clone();
+    }
+    let live_containers = ls
+        .template
+        .spec
         .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(crate::REVISION_KEY))
-        .and_then(|v| v.parse().ok())
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default();
+    if let ([theirs], Some(pod)) = (live_containers, ns.template.spec.as_mut()) {
+        if let [mine] = pod.containers.as_mut_slice() {
+            if theirs.name != mine.name {
+                mine.name = theirs.name.clone();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether an error says the namespace itself is missing (from the
@@ -130,7 +176,14 @@ impl KubeTarget {
             .get_opt(name)
             .await
             .map_err(|e| error::api("get", format!("Deployment {ns}/{name}"), e))?;
-        match live.filter(|d| pave_revision(d) == Some(spec.revision)) {
+        let mut deployment = m.deployment.clone();
+        if let Some(d) = &live {
+            keep_shape(&mut deployment, d)?;
+        }
+        match live
+            .as_ref()
+            .filter(|d| status::pave_revision(d) == Some(spec.revision))
+        {
             Some(d) => {
                 let want = i32::try_from(spec.replicas).unwrap_or(i32::MAX);
                 if d.spec.as_ref().and_then(|s| s.replicas) != Some(want) {
@@ -138,7 +191,10 @@ impl KubeTarget {
                 }
             }
             None => {
-                self.apply_deployment(&ns, name, &m.deployment).await?;
+                if let Some(d) = live.as_ref().filter(|d| adopted_untouched(d)) {
+                    self.take_over(&ns, name, &deployment, d).await?;
+                }
+                self.apply_deployment(&ns, name, &deployment).await?;
             }
         }
 
@@ -158,6 +214,41 @@ impl KubeTarget {
             },
         }
         self.workload_status(key).await
+    }
+
+    /// The first revision pave rolls out over an adopted Deployment replaces
+    /// it whole, with its field ownership cleared: the fields other managers
+    /// set (a literal env `value` where pave sets `valueFrom`, a port pave does
+    /// not have) would otherwise stay beside pave's and make an invalid or
+    /// different pod. Its metadata (labels, annotations) is kept.
+    async fn take_over(
+        &self,
+        ns: &str,
+        name: &str,
+        deployment: &Deployment,
+        live: &Deployment,
+    ) -> Result<()> {
+        let api: Api<Deployment> = self.api(ns);
+        let mut whole = deployment.clone();
+        let mut labels = live.metadata.labels.clone().unwrap_or_default();
+        labels.extend(whole.metadata.labels.take().unwrap_or_default());
+        whole.metadata.labels = Some(labels);
+        whole.metadata.annotations = live.metadata.annotations.clone();
+        whole.metadata.resource_version = live.metadata.resource_version.clone();
+        // `[{}]` clears every manager's ownership (the documented way).
+        whole.metadata.managed_fields = Some(vec![Default::default()]);
+        tracing::info!(deployment = %format!("{ns}/{name}"), "first pave revision of an adopted Deployment: replacing it");
+        api.replace(
+            name,
+            &kube::api::PostParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..Default::default()
+            },
+            &whole,
+        )
+        .await
+        .map_err(|e| error::api("replace", format!("Deployment {ns}/{name}"), e))?;
+        Ok(())
     }
 
     /// Applies the Deployment; takes `.spec.replicas` back by force when that
@@ -302,8 +393,11 @@ impl KubeTarget {
                 .flatten()
                 .any(|o| Some(o.uid.as_str()) == uid);
             let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-            let (Some(rs_name), Some(rev)) = (rs.metadata.name.clone(), status::replica_set_revision(&rs))
-            else {
+            let adopted = status::adopted_revision(&deployment);
+            let (Some(rs_name), Some(rev)) = (
+                rs.metadata.name.clone(),
+                status::replica_set_revision(&rs, adopted),
+            ) else {
                 continue;
             };
             if !owned || rev == keep || replicas == 0 {

@@ -119,7 +119,6 @@ impl KubeTarget {
         let ns = self.namespace_of_key(key)?;
         let object = format!("Deployment {ns}/{}", key.name);
         let m = manifest::build(key, &ns, &self.for_cluster(spec))?;
-        let want = serde_json::to_value(&m.deployment).unwrap_or_default();
         let api: Api<Deployment> = self.api(&ns);
         let live = api
             .get_opt(&key.name)
@@ -135,6 +134,11 @@ impl KubeTarget {
                 diff: String::new(),
             });
         };
+        // What pave would apply to this Deployment (an adopted one keeps its
+        // selector and container name).
+        let mut mine = m.deployment;
+        crate::apply::keep_shape(&mut mine, &live)?;
+        let want = serde_json::to_value(&mine).unwrap_or_default();
         let live = serde_json::to_value(&live).unwrap_or_default();
         let mut fields = Vec::new();
         for part in ["metadata", "spec"] {

@@ -17,6 +17,7 @@
 //! (a watch on the Deployment), and the free functions [`discover`] and
 //! [`can_i`].
 
+mod adopt;
 mod apply;
 mod cluster;
 pub mod drift;
@@ -62,6 +63,9 @@ pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const ENVIRONMENT_LABEL: &str = "pave.dev/environment";
 /// pave's revision: a label and an annotation of the pod template.
 pub const REVISION_KEY: &str = "pave.dev/revision";
+/// On an adopted Deployment's metadata: the controller's revision that is
+/// pave's revision 1 (the template it had when pave took it over).
+pub const ADOPTED_KEY: &str = "pave.dev/adopted-revision";
 /// The pod-template annotation `kubectl rollout restart` sets.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// The workload's container.

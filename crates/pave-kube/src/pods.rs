@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{self, KubeError, Result};
 use crate::status::PodRef;
-use crate::{KubeTarget, CONTAINER};
+use crate::KubeTarget;
 
 impl KubeTarget {
     /// The pods `logs` reads: replica `replica` (or all) of the current revision
@@ -75,7 +75,7 @@ impl KubeTarget {
     /// the current one has not started: a crash-looping container's output).
     async fn one_pod_log(&self, api: &Api<Pod>, ns: &str, pod: &PodRef, tail: usize) -> Result<Vec<String>> {
         let lp = LogParams {
-            container: Some(CONTAINER.into()),
+            container: Some(pod.container.clone()),
             tail_lines: Some(i64::try_from(tail).unwrap_or(i64::MAX)),
             ..LogParams::default()
         };
@@ -122,15 +122,15 @@ impl KubeTarget {
     ) -> Result<()> {
         let (ns, pods) = self.log_pods(key, replica).await?;
         let api: Api<Pod> = self.api(&ns);
-        let lp = LogParams {
-            container: Some(CONTAINER.into()),
-            tail_lines: Some(i64::try_from(tail).unwrap_or(i64::MAX)),
-            follow: true,
-            ..LogParams::default()
-        };
         // Open every stream first, so a node that does not answer fails the call.
         let mut streams = Vec::new();
         for pod in &pods {
+            let lp = LogParams {
+                container: Some(pod.container.clone()),
+                tail_lines: Some(i64::try_from(tail).unwrap_or(i64::MAX)),
+                follow: true,
+                ..LogParams::default()
+            };
             let stream = self
                 .to_node(&ns, &pod.name, "logs of", api.log_stream(&pod.name, &lp))
                 .await?;
@@ -182,7 +182,7 @@ impl KubeTarget {
         let pod_id = format!("{ns}/{}", pod.name);
         let api: Api<Pod> = self.api(&ns);
         let ap = AttachParams::default()
-            .container(CONTAINER)
+            .container(pod.container.as_str())
             .stdin(false)
             .stdout(true)
             .stderr(true);

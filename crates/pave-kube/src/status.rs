@@ -34,6 +34,8 @@ pub const K8S_REVISION: &str = "deployment.kubernetes.io/revision";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRef {
     pub name: String,
+    /// The workload's container in it (`app`, or an adopted pod's one).
+    pub container: String,
     pub revision: i64,
     pub index: u32,
     pub ready: bool,
@@ -56,23 +58,48 @@ fn annotation(meta: &ObjectMeta, key: &str) -> Option<i64> {
     meta.annotations.as_ref()?.get(key)?.trim().parse().ok()
 }
 
-/// pave's revision of a Deployment (see the module docs).
-pub fn deployment_revision(d: &Deployment) -> Option<i64> {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| annotation(m, REVISION_KEY))
-        .or_else(|| annotation(&d.metadata, K8S_REVISION))
+/// The Deployment controller's revision that an adopted Deployment had when
+/// pave took it over (its pave revision 1), on the Deployment's metadata.
+pub fn adopted_revision(d: &Deployment) -> Option<i64> {
+    annotation(&d.metadata, crate::ADOPTED_KEY)
 }
 
-/// pave's revision of a ReplicaSet.
-pub fn replica_set_revision(rs: &ReplicaSet) -> Option<i64> {
+/// The controller's revision `k8s` as pave numbers it: 1 for the one adopted.
+fn from_k8s(k8s: Option<i64>, adopted: Option<i64>) -> Option<i64> {
+    match (k8s, adopted) {
+        (Some(k), Some(a)) if k == a => Some(1),
+        (k, _) => k,
+    }
+}
+
+/// pave's revision in the pod template of a Deployment pave applied, or 1 for
+/// the template it adopted; `None` for any other template.
+pub fn pave_revision(d: &Deployment) -> Option<i64> {
+    let template = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| annotation(m, REVISION_KEY));
+    template.or_else(|| {
+        let adopted = adopted_revision(d)?;
+        (annotation(&d.metadata, K8S_REVISION) == Some(adopted)).then_some(1)
+    })
+}
+
+/// pave's revision of a Deployment (see the module docs).
+pub fn deployment_revision(d: &Deployment) -> Option<i64> {
+    pave_revision(d).or_else(|| annotation(&d.metadata, K8S_REVISION))
+}
+
+/// pave's revision of a ReplicaSet (`adopted`: of its Deployment, see
+/// [`adopted_revision`]).
+pub fn replica_set_revision(rs: &ReplicaSet, adopted: Option<i64>) -> Option<i64> {
     rs.spec
         .as_ref()
         .and_then(|s| s.template.as_ref())
         .and_then(|t| t.metadata.as_ref())
         .and_then(|m| annotation(m, REVISION_KEY))
-        .or_else(|| annotation(&rs.metadata, K8S_REVISION))
+        .or_else(|| from_k8s(annotation(&rs.metadata, K8S_REVISION), adopted))
 }
 
 /// A label selector as the `labelSelector` query parameter.
@@ -236,7 +263,7 @@ pub fn observe(deployment: &Deployment, replica_sets: &[ReplicaSet], pods: &[Pod
     let mut rs_revision: BTreeMap<&str, i64> = BTreeMap::new();
     let mut counts: BTreeMap<i64, RevisionCount> = BTreeMap::new();
     for rs in replica_sets.iter().filter(|rs| controlled_by(&rs.metadata, uid)) {
-        let Some(rev) = replica_set_revision(rs) else {
+        let Some(rev) = replica_set_revision(rs, adopted_revision(deployment)) else {
             continue;
         };
         if let Some(name) = rs.metadata.name.as_deref() {
@@ -285,8 +312,19 @@ pub fn observe(deployment: &Deployment, replica_sets: &[ReplicaSet], pods: &[Pod
         let mut rs = replica_status(pod, rev);
         rs.index = *index;
         *index += 1;
+        let spec_containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        let container = spec_containers
+            .iter()
+            .find(|c| c.name == CONTAINER)
+            .or(spec_containers.first())
+            .map_or_else(|| CONTAINER.to_string(), |c| c.name.clone());
         refs.push(PodRef {
             name: name.to_string(),
+            container,
             revision: rev,
             index: rs.index,
             ready: rs.ready,

@@ -53,7 +53,12 @@ async fn ensure_namespace_applies_the_namespace_with_pave_labels() {
 
 #[tokio::test]
 async fn apply_sends_secret_deployment_and_service_and_returns_the_status() {
-    let (target, server) = mock_target(|r| {
+    let mut first_read = true;
+    let (target, server) = mock_target(move |r| {
+        // The first apply finds no Deployment; the status is read after it.
+        if r.is("GET", DEPLOYMENT) && std::mem::take(&mut first_read) {
+            return no_deployment();
+        }
         if let Some(reply) = status_reads(r) {
             return reply;
         }

@@ -5,6 +5,7 @@
 //! `response_body` of a fixture (`fixtures/*.jsonl`, copies of
 //! `shared/k8s-fixtures`). Tests assert on the recorded requests afterwards.
 
+mod adopt;
 mod apply;
 mod cluster;
 mod drift;

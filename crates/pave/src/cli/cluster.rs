@@ -71,6 +71,19 @@ pub struct DeleteArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AdoptArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// `deployment/NAME`: a Deployment of the environment's namespace that pave does not manage.
+    pub object: String,
+    /// Environment (its namespace).
+    #[arg(long)]
+    pub env: String,
+}
+
+#[derive(Debug, Args)]
 pub struct DiffArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -394,6 +407,21 @@ pub async fn delete(a: DeleteArgs) -> anyhow::Result<i32> {
         json!({ "kind": kind, "name": name }),
     )
     .await?;
+    finish_mutation(&client, action, a.wait.wait, a.client.output).await
+}
+
+/// Takes a Deployment under management (an action): its template becomes
+/// revision 1 and nothing restarts.
+pub async fn adopt(a: AdoptArgs) -> anyhow::Result<i32> {
+    let client = Client::from_args(&a.client)?;
+    let (kind, name) = named_ref(&a.object)?;
+    if !matches!(
+        kind.to_ascii_lowercase().as_str(),
+        "deployment" | "deployments" | "deploy" | "deployment.apps"
+    ) {
+        bail!("pave adopts Deployments (deployment/NAME); {kind} is not one");
+    }
+    let action = submit(&client, "workload.adopt", &a.env, json!({ "name": name })).await?;
     finish_mutation(&client, action, a.wait.wait, a.client.output).await
 }
 

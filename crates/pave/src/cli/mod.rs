@@ -95,6 +95,8 @@ pub enum Command {
     Edit(cluster::EditArgs),
     /// Delete one object of a Kubernetes environment (an action; undo re-creates it).
     Delete(cluster::DeleteArgs),
+    /// Take a Deployment pave did not make under management: its spec becomes revision 1, nothing restarts.
+    Adopt(cluster::AdoptArgs),
     /// Show how a workload's live Deployment differs from what pave applied (exit 1 when it drifted).
     Diff(cluster::DiffArgs),
     /// Helm releases in a Kubernetes environment.
@@ -250,6 +252,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Command::Delete(args) => cluster::delete(args).await,
         Command::Helm(cmd) => cluster::helm(cmd).await,
         Command::Diff(args) => cluster::diff(args).await,
+        Command::Adopt(args) => cluster::adopt(args).await,
         Command::Login(args) => login::login(args).await,
         Command::Version(args) => login::version(args).await,
         // Handled in main, before any async runtime exists: the shim forks and

@@ -230,6 +230,9 @@ fn print_discovery(v: &Value) {
     if let Some(e) = v["helm_error"].as_str() {
         eprintln!("note: Helm releases could not be listed: {e}");
     }
+    if !workloads.is_empty() {
+        println!("take a Deployment under management with: pave adopt deployment/NAME --env ENV");
+    }
 }
 
 /// How long `targets get` waits for a target's very first agent.
