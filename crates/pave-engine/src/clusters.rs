@@ -79,21 +79,37 @@ impl Engine {
             .await
             .map_err(invalid)?;
         let info = match hub_query(&hub, name, CommandPayload::ClusterInfo).await {
-            Ok(Outcome::Succeeded { output }) => output,
-            Ok(Outcome::Failed { message, .. }) => {
-                return Err(EngineError::Unavailable(format!(
-                    "the cluster of target `{name}` does not answer: {message}; nothing was added"
-                )))
-            }
+            Ok(Outcome::Succeeded { output }) => Ok(output),
+            Ok(Outcome::Failed { message, .. }) => Err(EngineError::Unavailable(format!(
+                "the cluster of target `{name}` does not answer: {message}; nothing was added"
+            ))),
             Ok(Outcome::Cancelled { .. }) => {
-                return Err(EngineError::Unavailable("the cluster check was cancelled".into()))
+                Err(EngineError::Unavailable("the cluster check was cancelled".into()))
             }
-            Err(e) => return Err(EngineError::Unavailable(e)),
+            Err(e) => Err(EngineError::Unavailable(e)),
         };
-        let key = crate::secrets::vault_key(self).map_err(|(_, m)| EngineError::Conflict(m))?;
-        let plain = json!({ "kubeconfig": kubeconfig, "context": context }).to_string();
-        let sealed = serde_json::to_string(&key.seal(plain.as_bytes()))
-            .map_err(|e| EngineError::Conflict(format!("could not seal the credentials: {e}")))?;
+        // Nothing stays of a target that is not added, its agent included.
+        let info = match info {
+            Ok(i) => i,
+            Err(e) => {
+                self.drop_hub(name);
+                return Err(e);
+            }
+        };
+        let sealed = crate::secrets::vault_key(self)
+            .map_err(|(_, m)| EngineError::Conflict(m))
+            .and_then(|key| {
+                let plain = json!({ "kubeconfig": kubeconfig, "context": context }).to_string();
+                serde_json::to_string(&key.seal(plain.as_bytes()))
+                    .map_err(|e| EngineError::Conflict(format!("could not seal the credentials: {e}")))
+            });
+        let sealed = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                self.drop_hub(name);
+                return Err(e);
+            }
+        };
         let record = TargetRecord {
             name: name.to_string(),
             kind: KUBERNETES.to_string(),
