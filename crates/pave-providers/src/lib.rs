@@ -48,6 +48,47 @@ fn traversable(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
 }
 
+/// The major version of `program --version` (`postgres (PostgreSQL) 15.18 …`,
+/// `Redis server v=7.0.15 …`).
+async fn installed_major(program: &Path) -> Result<u64, ProviderError> {
+    let out = tokio::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| ProviderError::Command(format!("{} --version: {e}", program.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(|c: char| !c.is_ascii_digit() && c != '.')
+        .find(|w| w.contains('.') && w.starts_with(|c: char| c.is_ascii_digit()))
+        .and_then(|w| w.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| ProviderError::Command(format!("{} --version said {text:?}", program.display())))
+}
+
+/// A `version` asked for (an image tag on Kubernetes) must be the major
+/// version this host runs: the local providers do not install servers.
+async fn check_version(req: &ResourceRequest) -> Result<(), ProviderError> {
+    let Some(asked) = req.spec.get("version").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let program = match req.kind.as_str() {
+        "postgres" => postgres::program("postgres"),
+        "redis" => redis::program(),
+        _ => return Ok(()),
+    };
+    let have = installed_major(&program).await?;
+    let want = asked.split(['.', '-']).next().and_then(|m| m.parse::<u64>().ok());
+    if want == Some(have) {
+        return Ok(());
+    }
+    Err(ProviderError::Invalid(format!(
+        "{} version {asked:?} is asked for, and this host runs {} {have} ({}): the local target \
+         runs the installed server; a version is for a Kubernetes target (an image tag)",
+        req.kind,
+        req.kind,
+        program.display()
+    )))
+}
+
 /// What an agent needs of whatever provides its target's resources (local
 /// servers on its host; in-cluster StatefulSets on Kubernetes).
 #[async_trait::async_trait]
@@ -119,6 +160,7 @@ impl LocalProviders {
     pub async fn create(&self, req: &ResourceRequest) -> Result<Provisioned, ProviderError> {
         let dir = self.dir(req);
         let password = Self::password(req)?;
+        check_version(req).await?;
         self.env_dir(req)?;
         match req.kind.as_str() {
             "postgres" => postgres::create(&dir, &req.spec, password).await,

@@ -16,6 +16,11 @@ use crate::{ProviderError, Provisioned};
 
 const USER: &str = "postgres";
 
+/// Where `program` of the PostgreSQL this host runs is.
+pub(crate) fn program(program: &str) -> PathBuf {
+    bin(program)
+}
+
 fn bin(program: &str) -> PathBuf {
     std::env::var_os("PAVE_PG_BIN")
         .map(PathBuf::from)

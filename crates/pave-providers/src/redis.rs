@@ -13,6 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::process::{alive, free_port, make_dir_for, port_in_use, run};
 use crate::{ProviderError, Provisioned};
 
+/// The redis-server this host runs.
+pub(crate) fn program() -> PathBuf {
+    bin()
+}
+
 fn bin() -> PathBuf {
     std::env::var_os("PAVE_REDIS_SERVER")
         .map(PathBuf::from)

@@ -132,3 +132,24 @@ async fn redis_is_created_with_a_password_repaired_with_its_data_and_deleted() {
     p.delete(&req).await.unwrap();
     assert!(!std::path::Path::new(&made.location).exists());
 }
+
+/// A version is honoured when it is the installed one, refused (with
+/// nothing made) when it is not: the local target installs no server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_other_than_the_installed_one_is_refused() {
+    let dir = root();
+    let p = LocalProviders::new(dir.path()).unwrap();
+    let err = p
+        .create(&request("redis", "cache", json!({"version": "1"})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("version \"1\" is asked for") && err.contains("Kubernetes"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("test-env").join("cache").exists(),
+        "nothing was made"
+    );
+}
