@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::embedded::AgentLink;
-use crate::protocol::{ChartSource, Command, CommandPayload, HelmOp, Outcome, ToAgent};
+use crate::protocol::{ChartSource, Command, CommandPayload, HelmOp, Outcome};
 use crate::runtime::{AgentDirs, Runtime};
 
 /// Why a cluster agent could not start.
@@ -228,17 +228,7 @@ pub async fn spawn_cluster(dirs: AgentDirs, credentials: &Credentials) -> Result
     std::fs::create_dir_all(&dirs.work_dir)?;
     let cluster = Arc::new(Cluster::connect(credentials, &dirs.work_dir).await?);
     let (runtime, from_agent_rx) = runtime(dirs, None, cluster)?;
-    let (to_agent_tx, mut to_agent_rx) = mpsc::channel::<ToAgent>(1024);
-    tokio::spawn(async move {
-        while let Some(msg) = to_agent_rx.recv().await {
-            runtime.handle(msg).await;
-        }
-        runtime.stop_all();
-    });
-    Ok(AgentLink {
-        tx: to_agent_tx,
-        rx: from_agent_rx,
-    })
+    Ok(crate::embedded::link(runtime, from_agent_rx))
 }
 
 /// A runtime over a cluster's drivers (with `journal` for `pave agent`).

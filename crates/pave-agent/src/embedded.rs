@@ -19,6 +19,11 @@ pub struct AgentLink {
 /// Starts an embedded agent. Orphaned jobs of a previous run are killed first.
 pub fn spawn_embedded(dirs: AgentDirs) -> std::io::Result<AgentLink> {
     let (runtime, from_agent_rx) = Runtime::new(dirs, None)?;
+    Ok(link(runtime, from_agent_rx))
+}
+
+/// Feeds `runtime` through a pair of channels, in this process.
+pub(crate) fn link(runtime: Runtime, from_agent_rx: mpsc::Receiver<FromAgent>) -> AgentLink {
     let (to_agent_tx, mut to_agent_rx) = mpsc::channel::<ToAgent>(1024);
     tokio::spawn(async move {
         while let Some(msg) = to_agent_rx.recv().await {
@@ -27,8 +32,8 @@ pub fn spawn_embedded(dirs: AgentDirs) -> std::io::Result<AgentLink> {
         // The control plane dropped the link: stop everything still running.
         runtime.stop_all();
     });
-    Ok(AgentLink {
+    AgentLink {
         tx: to_agent_tx,
         rx: from_agent_rx,
-    })
+    }
 }

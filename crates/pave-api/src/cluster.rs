@@ -158,3 +158,29 @@ pub(crate) async fn drift(
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.engine.workload_drift(&name, &workload).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn secret_values_never_leave_through_a_read_or_a_dry_run() {
+        let mut read = json!({ "items": [
+            { "kind": "Secret", "data": { "password": "czNjcjN0" }, "stringData": { "token": "abc" } },
+            { "kind": "ConfigMap", "data": { "mode": "fast" } },
+        ] });
+        redact_secrets(&mut read);
+        assert_eq!(read["items"][0]["data"]["password"], "(redacted, 8 bytes)");
+        assert_eq!(read["items"][0]["stringData"]["token"], "(redacted, 3 bytes)");
+        assert_eq!(read["items"][1]["data"]["mode"], "fast", "only Secrets");
+
+        let mut dry = json!({ "changes": [{ "kind": "Secret", "diff": "+  password: czNjcjN0",
+            "before": null, "after": { "kind": "Secret", "data": { "password": "czNjcjN0" } } }] });
+        diffs_of_secrets(&mut dry);
+        redact_secrets(&mut dry);
+        let text = dry.to_string();
+        assert!(!text.contains("czNjcjN0"), "{text}");
+    }
+}

@@ -725,6 +725,81 @@ fn set_path(v: &mut Value, path: &str, leaf: Value) {
 mod tests {
     use super::*;
 
+    fn action(kind: &str, input: Value, output: Value) -> Action {
+        let plan = pave_core::plan::plan(kind, "a1", "shop", input).expect("planned");
+        let mut steps = plan.steps;
+        steps[0].output = output;
+        Action {
+            id: "a1".into(),
+            kind: kind.into(),
+            env: "shop".into(),
+            object: plan.object,
+            actor: "olga".into(),
+            input: plan.input,
+            state: pave_core::ActionState::Succeeded,
+            attempt: 1,
+            error: None,
+            result: Value::Null,
+            idempotency_key: None,
+            cancel_requested: false,
+            created_at: 0,
+            updated_at: 0,
+            steps,
+        }
+    }
+
+    #[test]
+    fn an_undo_reads_the_before_state_its_step_reported() {
+        let changes = json!({ "changes": [{ "object": "Deployment shop/payments", "before": {"a": 1} }] });
+        let a = action(
+            "object.patch",
+            json!({"kind": "deployment", "name": "payments", "patch": {"metadata": {"labels": {"t": "p"}}}}),
+            changes.clone(),
+        );
+        let undo = &a.steps[0].compensation;
+        assert_eq!(undone_output(&a, &undo["spec"]).unwrap(), &changes);
+        // A step that reported nothing has nothing to put back: said, not guessed.
+        let empty = action(
+            "object.delete",
+            json!({"kind": "configmap", "name": "old"}),
+            Value::Null,
+        );
+        let (code, _) = undone_output(&empty, &empty.steps[0].compensation["spec"]).unwrap_err();
+        assert_eq!(code, "nothing_to_undo");
+    }
+
+    #[test]
+    fn an_adoption_records_its_template_as_revision_1() {
+        let a = action("workload.adopt", json!({"name": "checkout"}), Value::Null);
+        let out = Outcome::Succeeded {
+            output: json!({ "spec": { "revision": 1, "image": "shop/checkout:3", "replicas": 4, "command": [] } }),
+        };
+        let ops = after("a1", "adopt_workload", &a.steps[0].spec, &out);
+        match ops.as_slice() {
+            [WriteOp::InsertRevision(r), WriteOp::SetCurrentRevision {
+                revision, replicas, ..
+            }] => {
+                assert_eq!(
+                    (r.env.as_str(), r.name.as_str(), r.revision),
+                    ("shop", "checkout", 1)
+                );
+                assert!(
+                    r.spec.get("revision").is_none(),
+                    "the number is the record's, not the spec's"
+                );
+                assert_eq!(r.created_by, "a1");
+                assert_eq!((*revision, *replicas), (Some(1), Some(4)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let failed = Outcome::Failed {
+            code: "kube_failed".into(),
+            message: "x".into(),
+            output: Value::Null,
+        };
+        assert!(after("a1", "adopt_workload", &a.steps[0].spec, &failed).is_empty());
+    }
+
     #[test]
     fn values_paths_nest() {
         let mut v = json!({});

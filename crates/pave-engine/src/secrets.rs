@@ -318,16 +318,7 @@ impl Engine {
         new: &pave_core::vault::MasterKey,
     ) -> Result<Vec<WriteOp>, EngineError> {
         let mut ops = Vec::new();
-        // Every environment's secrets, and the credentials of cluster targets.
-        let mut scopes: Vec<String> = self
-            .store()
-            .list_environments()
-            .await?
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        scopes.push(crate::clusters::CREDENTIALS_SCOPE.to_string());
-        for scope in &scopes {
+        for scope in &vault_scopes(self.store()).await? {
             for m in self.store().list_secrets(scope, "").await? {
                 let Some(text) = self.store().get_secret(scope, &m.name).await? else {
                     continue;
@@ -346,6 +337,19 @@ impl Engine {
         }
         Ok(ops)
     }
+}
+
+/// Every scope secrets are sealed in: each environment, and the credentials
+/// of cluster targets.
+async fn vault_scopes(store: &pave_store::DynStore) -> Result<Vec<String>, EngineError> {
+    let mut scopes: Vec<String> = store
+        .list_environments()
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    scopes.push(crate::clusters::CREDENTIALS_SCOPE.to_string());
+    Ok(scopes)
 }
 
 fn next_key_path(path: &std::path::Path) -> std::path::PathBuf {
@@ -380,14 +384,7 @@ pub async fn recover_key_file(
     };
     let next_key = pave_core::vault::MasterKey::from_hex(next_hex.trim()).ok();
     let mut committed = false;
-    let mut scopes: Vec<String> = store
-        .list_environments()
-        .await?
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
-    scopes.push(crate::clusters::CREDENTIALS_SCOPE.to_string());
-    'envs: for scope in &scopes {
+    'envs: for scope in &vault_scopes(store).await? {
         for m in store.list_secrets(scope, "").await? {
             if let (Some(text), Some(key)) = (store.get_secret(scope, &m.name).await?, &next_key) {
                 if let Ok(sealed) = serde_json::from_str::<Sealed>(&text) {
