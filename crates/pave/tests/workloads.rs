@@ -332,3 +332,32 @@ fn resource_references_resolve_at_dispatch_and_rolling_back_a_deploy_restores_th
     drop(_cleanup);
     cleanup_db();
 }
+
+/// With one revision that ever served, a rollback has nothing earlier to go
+/// to: refused. After a deploy that failed, it makes the revision that
+/// serves the only one again (what the failed rollout left goes) instead.
+#[test]
+fn a_rollback_after_the_only_newer_deploy_failed_keeps_what_serves() {
+    let demo = demo_bin();
+    let demo = demo.to_str().unwrap();
+    let dir = tempdir();
+    let server = Server::start(&dir.path().join("pave-data"), None);
+    assert_eq!(server.cli(&["env", "create", ENV]).status.code(), Some(0));
+    let _cleanup = Cleanup(&server, "payments");
+    let out = deploy(&server, &["--readiness-http", "/healthz", "--", demo]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let serving = ports_of(&workload(&server, "payments"), 1);
+
+    let out = server.cli(&["rollback", "payments", "--env", ENV, "--wait"]);
+    assert_ne!(out.status.code(), Some(0), "nothing to roll back to");
+    assert!(stderr(&out).contains("no other revision"), "{}", stderr(&out));
+
+    let out = deploy(&server, &["--command", "false", "--ready-timeout", "3s"]);
+    assert_eq!(out.status.code(), Some(3), "{}{}", stdout(&out), stderr(&out));
+    let out = server.cli(&["rollback", "payments", "--env", ENV, "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let w = workload(&server, "payments");
+    assert_eq!(w["current_revision"], 1, "{w}");
+    assert!(ports_of(&w, 2).is_empty(), "revision 2 runs: {w}");
+    assert_eq!(ports_of(&w, 1), serving, "the replicas that served were not replaced");
+}
