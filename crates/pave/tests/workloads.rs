@@ -359,5 +359,9 @@ fn a_rollback_after_the_only_newer_deploy_failed_keeps_what_serves() {
     let w = workload(&server, "payments");
     assert_eq!(w["current_revision"], 1, "{w}");
     assert!(ports_of(&w, 2).is_empty(), "revision 2 runs: {w}");
-    assert_eq!(ports_of(&w, 1), serving, "the replicas that served were not replaced");
+    assert_eq!(
+        ports_of(&w, 1),
+        serving,
+        "the replicas that served were not replaced"
+    );
 }
