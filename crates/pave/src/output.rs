@@ -14,6 +14,25 @@ pub fn structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<boo
     Ok(true)
 }
 
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints `items` as a table of `(header, field)` columns.
+pub fn fields_table(items: &[serde_json::Value], columns: &[(&str, &str)]) {
+    let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| columns.iter().map(|(_, f)| cell(&i[*f])).collect())
+        .collect();
+    table(&header, &rows);
+}
+
 /// Prints rows under a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

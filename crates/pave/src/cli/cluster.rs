@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::{finish_mutation, ClientArgs, Format, WaitArgs};
 use crate::client::Client;
+use crate::output::cell;
 use crate::{exit, output};
 
 #[derive(Debug, Args)]
@@ -213,14 +214,6 @@ fn named_ref(object: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn t(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
 async fn submit(client: &Client, kind: &str, env: &str, input: Value) -> anyhow::Result<pave_core::Action> {
     super::workloads::submit(client, kind, env, input).await
 }
@@ -240,7 +233,11 @@ pub async fn get(a: GetArgs) -> anyhow::Result<i32> {
                 .iter()
                 .map(|o| {
                     let created = o["metadata"]["creationTimestamp"].as_str().unwrap_or("-");
-                    vec![t(&o["kind"]), t(&o["metadata"]["name"]), created.to_string()]
+                    vec![
+                        cell(&o["kind"]),
+                        cell(&o["metadata"]["name"]),
+                        created.to_string(),
+                    ]
                 })
                 .collect();
             output::table(&["KIND", "NAME", "CREATED"], &rows);
@@ -274,7 +271,7 @@ fn print_changes(v: &Value) {
         } else {
             "changed"
         };
-        println!("{} {what}", t(&c["object"]));
+        println!("{} {what}", cell(&c["object"]));
         if let Some(d) = c["diff"].as_str().filter(|d| !d.is_empty()) {
             print!("{d}");
             if !d.ends_with('\n') {
@@ -439,16 +436,16 @@ pub async fn diff(a: DiffArgs) -> anyhow::Result<i32> {
         if v["missing"] == true {
             println!(
                 "{}: the Deployment is gone (a deploy or rollback brings it back)",
-                t(&v["object"])
+                cell(&v["object"])
             );
         } else if v["drifted"] == true {
             print!("{}", v["diff"].as_str().unwrap_or_default());
             println!(
                 "(a deploy applies revision {} again; `pave restart` rolls it out anew)",
-                t(&v["revision"])
+                cell(&v["revision"])
             );
         } else {
-            println!("{} matches revision {}", t(&v["object"]), t(&v["revision"]));
+            println!("{} matches revision {}", cell(&v["object"]), cell(&v["revision"]));
         }
     }
     Ok(if v["drifted"] == true { 1 } else { exit::OK })
@@ -507,13 +504,13 @@ async fn helm_install(a: HelmInstallArgs, upgrade: bool) -> anyhow::Result<i32> 
 fn print_release(r: &Value) {
     println!(
         "release {} · namespace {} · revision {} · {} · chart {} · app {} · updated {}",
-        t(&r["name"]),
-        t(&r["namespace"]),
-        t(&r["revision"]),
-        t(&r["status"]),
-        t(&r["chart"]),
-        t(&r["app_version"]),
-        t(&r["updated"])
+        cell(&r["name"]),
+        cell(&r["namespace"]),
+        cell(&r["revision"]),
+        cell(&r["status"]),
+        cell(&r["chart"]),
+        cell(&r["app_version"]),
+        cell(&r["updated"])
     );
 }
 
@@ -555,29 +552,16 @@ pub async fn helm(cmd: HelmCmd) -> anyhow::Result<i32> {
                 .await?;
             let entries = v["history"].as_array().cloned().unwrap_or_default();
             if !output::structured(a.client.output, &entries)? {
-                let rows: Vec<Vec<String>> = entries
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            t(&e["revision"]),
-                            t(&e["updated"]),
-                            t(&e["status"]),
-                            t(&e["chart"]),
-                            t(&e["app_version"]),
-                            t(&e["description"]),
-                        ]
-                    })
-                    .collect();
-                output::table(
+                output::fields_table(
+                    &entries,
                     &[
-                        "REVISION",
-                        "UPDATED",
-                        "STATUS",
-                        "CHART",
-                        "APP VERSION",
-                        "DESCRIPTION",
+                        ("REVISION", "revision"),
+                        ("UPDATED", "updated"),
+                        ("STATUS", "status"),
+                        ("CHART", "chart"),
+                        ("APP VERSION", "app_version"),
+                        ("DESCRIPTION", "description"),
                     ],
-                    &rows,
                 );
             }
             Ok(exit::OK)
@@ -589,22 +573,16 @@ pub async fn helm(cmd: HelmCmd) -> anyhow::Result<i32> {
                 .await?;
             let releases = v["releases"].as_array().cloned().unwrap_or_default();
             if !output::structured(a.client.output, &releases)? {
-                let rows: Vec<Vec<String>> = releases
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            t(&r["name"]),
-                            t(&r["revision"]),
-                            t(&r["status"]),
-                            t(&r["chart"]),
-                            t(&r["app_version"]),
-                            t(&r["updated"]),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &["NAME", "REVISION", "STATUS", "CHART", "APP VERSION", "UPDATED"],
-                    &rows,
+                output::fields_table(
+                    &releases,
+                    &[
+                        ("NAME", "name"),
+                        ("REVISION", "revision"),
+                        ("STATUS", "status"),
+                        ("CHART", "chart"),
+                        ("APP VERSION", "app_version"),
+                        ("UPDATED", "updated"),
+                    ],
                 );
             }
             Ok(exit::OK)

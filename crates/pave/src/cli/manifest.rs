@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
+// The access pave's Kubernetes driver needs: one list, in pave-kube.
+use pave_kube::REQUIRED_ACCESS;
 use serde_json::{json, Value};
 
 use super::ClientArgs;
@@ -21,47 +23,6 @@ pub const CA_PATH: &str = "/etc/pave/ca.pem";
 pub const SECRET: &str = "pave-agent-enrollment";
 /// Non-root user and group the agent runs as (the image's root user is not used).
 const RUN_AS: u32 = 65532;
-
-/// The access pave's Kubernetes driver needs: (verb, API group, resource,
-/// subresource). A copy of `REQUIRED_ACCESS` in `crates/pave-kube/src/cluster.rs`
-/// (the `pave` binary does not link kube-rs); `crates/pave/tests/manifests.rs`
-/// reads that file and fails when the two differ.
-pub const REQUIRED_ACCESS: &[(&str, &str, &str, &str)] = &[
-    ("create", "", "namespaces", ""),
-    ("patch", "", "namespaces", ""),
-    ("list", "", "namespaces", ""),
-    ("create", "", "secrets", ""),
-    ("patch", "", "secrets", ""),
-    ("delete", "", "secrets", ""),
-    ("create", "", "services", ""),
-    ("patch", "", "services", ""),
-    ("delete", "", "services", ""),
-    ("get", "apps", "deployments", ""),
-    ("list", "apps", "deployments", ""),
-    ("watch", "apps", "deployments", ""),
-    ("create", "apps", "deployments", ""),
-    ("patch", "apps", "deployments", ""),
-    ("delete", "apps", "deployments", ""),
-    ("patch", "apps", "deployments", "scale"),
-    ("list", "apps", "replicasets", ""),
-    ("patch", "apps", "replicasets", "scale"),
-    ("list", "", "pods", ""),
-    ("get", "", "pods", "log"),
-    ("get", "", "pods", "exec"),
-    ("create", "", "pods", "exec"),
-    ("list", "apps", "statefulsets", ""),
-    ("get", "", "secrets", ""),
-    ("get", "apps", "statefulsets", ""),
-    ("create", "apps", "statefulsets", ""),
-    ("patch", "apps", "statefulsets", ""),
-    ("delete", "apps", "statefulsets", ""),
-    ("get", "", "services", ""),
-    ("get", "", "pods", ""),
-    ("delete", "", "pods", ""),
-    ("deletecollection", "", "persistentvolumeclaims", ""),
-    ("list", "", "secrets", ""),
-    ("update", "", "secrets", ""),
-];
 
 #[derive(Debug, Args)]
 pub struct ManifestArgs {
@@ -193,13 +154,13 @@ pub async fn run(a: ManifestArgs) -> anyhow::Result<i32> {
 pub fn rules() -> Vec<Value> {
     let mut by: std::collections::BTreeMap<(&str, String), std::collections::BTreeSet<&str>> =
         Default::default();
-    for (verb, group, resource, sub) in REQUIRED_ACCESS {
-        let res = if sub.is_empty() {
-            (*resource).to_string()
+    for a in REQUIRED_ACCESS {
+        let res = if a.subresource.is_empty() {
+            a.resource.to_string()
         } else {
-            format!("{resource}/{sub}")
+            format!("{}/{}", a.resource, a.subresource)
         };
-        by.entry((group, res)).or_default().insert(verb);
+        by.entry((a.group, res)).or_default().insert(a.verb);
     }
     by.into_iter()
         .map(|((group, res), verbs)| {
@@ -437,7 +398,12 @@ mod tests {
                 r["verbs"].as_array().unwrap().len()
             })
             .sum();
-        assert_eq!(n, REQUIRED_ACCESS.len());
+        // The list names some permissions twice (per namespace and cluster-wide).
+        let distinct: std::collections::BTreeSet<_> = REQUIRED_ACCESS
+            .iter()
+            .map(|a| (a.verb, a.group, a.resource, a.subresource))
+            .collect();
+        assert_eq!(n, distinct.len());
     }
 
     #[test]

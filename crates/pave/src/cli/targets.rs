@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::ClientArgs;
 use crate::client::Client;
+use crate::output::cell;
 use crate::{exit, output};
 
 #[derive(Debug, Subcommand)]
@@ -78,14 +79,6 @@ pub struct EnrollArgs {
     pub ttl: std::time::Duration,
 }
 
-fn t(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
 fn when(v: &Value) -> String {
     v.as_i64().map(output::age).unwrap_or_else(|| "-".into())
 }
@@ -93,15 +86,15 @@ fn when(v: &Value) -> String {
 fn print_target(v: &Value) {
     println!(
         "target {} · {} · {}",
-        t(&v["name"]),
-        t(&v["kind"]),
+        cell(&v["name"]),
+        cell(&v["kind"]),
         match v["agent"] {
             Value::Bool(true) => "remote agent",
             _ => "embedded agent",
         }
     );
     if let Some(labels) = v["labels"].as_object().filter(|l| !l.is_empty()) {
-        let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", t(v))).collect();
+        let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", cell(v))).collect();
         println!("  labels: {}", text.join(", "));
     }
     let a = &v["agent_status"];
@@ -109,7 +102,7 @@ fn print_target(v: &Value) {
         if a["connected"] == true {
             println!(
                 "  agent: connected {} (since {})",
-                t(&a["hostname"]),
+                cell(&a["hostname"]),
                 when(&a["connected_at"])
             );
         } else {
@@ -118,14 +111,14 @@ fn print_target(v: &Value) {
         println!("  last heartbeat: {}", when(&a["last_heartbeat_at"]));
         println!(
             "  agent version: {} · protocol version: {}",
-            t(&a["agent_version"]),
-            t(&a["protocol_version"])
+            cell(&a["agent_version"]),
+            cell(&a["protocol_version"])
         );
         let caps: Vec<String> = a["capabilities"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(t)
+            .map(cell)
             .collect();
         println!(
             "  capabilities: {}",
@@ -135,12 +128,12 @@ fn print_target(v: &Value) {
                 caps.join(", ")
             }
         );
-        println!("  commands in flight: {}", t(&a["commands_in_flight"]));
+        println!("  commands in flight: {}", cell(&a["commands_in_flight"]));
     }
     for c in v["credentials"].as_array().into_iter().flatten() {
         println!(
             "  credential {} · issued {} · last seen {}{}",
-            t(&c["id"]),
+            cell(&c["id"]),
             when(&c["created_at"]),
             when(&c["last_seen_at"]),
             if c["revoked_at"].is_null() {
@@ -154,7 +147,7 @@ fn print_target(v: &Value) {
         .as_array()
         .into_iter()
         .flatten()
-        .map(t)
+        .map(cell)
         .collect();
     if !envs.is_empty() {
         println!("  environments: {}", envs.join(", "));
@@ -169,8 +162,8 @@ fn print_cluster(c: &Value) {
     }
     println!(
         "  cluster: Kubernetes {} ({})",
-        t(&c["version"]),
-        t(&c["platform"])
+        cell(&c["version"]),
+        cell(&c["platform"])
     );
     if let Some(e) = c["access_error"].as_str() {
         println!("  access: could not be checked: {e}");
@@ -194,9 +187,9 @@ fn print_cluster(c: &Value) {
             .unwrap_or_default();
         println!(
             "    denied: {} {}{group}{sub} (needed for {})",
-            t(&d["verb"]),
-            t(&d["resource"]),
-            t(&d["used_for"])
+            cell(&d["verb"]),
+            cell(&d["resource"]),
+            cell(&d["used_for"])
         );
     }
 }
@@ -207,12 +200,12 @@ fn print_discovery(v: &Value) {
     let mut rows: Vec<Vec<String>> = workloads
         .iter()
         .map(|w| {
-            let images: Vec<String> = w["images"].as_array().into_iter().flatten().map(t).collect();
+            let images: Vec<String> = w["images"].as_array().into_iter().flatten().map(cell).collect();
             vec![
-                t(&w["kind"]),
-                t(&w["namespace"]),
-                t(&w["name"]),
-                format!("{}/{}", t(&w["ready"]), t(&w["replicas"])),
+                cell(&w["kind"]),
+                cell(&w["namespace"]),
+                cell(&w["name"]),
+                format!("{}/{}", cell(&w["ready"]), cell(&w["replicas"])),
                 images.join(","),
             ]
         })
@@ -220,10 +213,10 @@ fn print_discovery(v: &Value) {
     rows.extend(releases.iter().map(|r| {
         vec![
             "HelmRelease".into(),
-            t(&r["namespace"]),
-            t(&r["name"]),
-            format!("revision {} ({})", t(&r["revision"]), t(&r["status"])),
-            t(&r["chart"]),
+            cell(&r["namespace"]),
+            cell(&r["name"]),
+            format!("revision {} ({})", cell(&r["revision"]), cell(&r["status"])),
+            cell(&r["chart"]),
         ]
     }));
     output::table(&["KIND", "NAMESPACE", "NAME", "READY", "IMAGES / CHART"], &rows);
@@ -299,8 +292,8 @@ pub async fn run(cmd: TargetsCmd) -> anyhow::Result<i32> {
                     .iter()
                     .map(|v| {
                         vec![
-                            t(&v["name"]),
-                            t(&v["kind"]),
+                            cell(&v["name"]),
+                            cell(&v["kind"]),
                             if v["agent"] == true {
                                 "remote".into()
                             } else {
@@ -368,7 +361,7 @@ pub async fn run(cmd: TargetsCmd) -> anyhow::Result<i32> {
                 )
                 .await?;
             if !output::structured(a.client.output, &v)? {
-                println!("{}", t(&v["enrollment_token"]));
+                println!("{}", cell(&v["enrollment_token"]));
             }
         }
     }
