@@ -10,12 +10,14 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::api::{Api, AttachParams, LogParams};
 use pave_targets::WorkloadKey;
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
 use tokio::sync::mpsc;
 
 use crate::error::{self, KubeError, Result};
 use crate::status::PodRef;
 use crate::KubeTarget;
+
+/// The longest line of an exec's output sent as one (a longer one comes in pieces).
+const LINE_MAX: u64 = 64 * 1024;
 
 impl KubeTarget {
     /// The pods `logs` reads: replica `replica` (or all) of the current revision
@@ -197,10 +199,10 @@ impl KubeTarget {
         let status = attached.take_status();
         let stdout = attached
             .stdout()
-            .map(|s| tokio::spawn(forward(s, "stdout", out.clone())));
+            .map(|s| tokio::spawn(pave_targets::forward_lines(s, "stdout", LINE_MAX, out.clone())));
         let stderr = attached
             .stderr()
-            .map(|s| tokio::spawn(forward(s, "stderr", out.clone())));
+            .map(|s| tokio::spawn(pave_targets::forward_lines(s, "stderr", LINE_MAX, out.clone())));
         let status = match status {
             Some(s) => s.await,
             None => None,
@@ -243,22 +245,5 @@ fn exit_code(pod: &str, status: Option<ExecStatus>) -> Result<i32> {
                 None => format!("failed ({reason})"),
             },
         }),
-    }
-}
-
-async fn forward<R: AsyncRead + Unpin>(reader: R, stream: &'static str, out: mpsc::Sender<(String, String)>) {
-    let mut reader = BufReader::new(reader);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&line)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        // A receiver that went away only loses the output; the command still finishes.
-        let _ = out.send((stream.to_string(), text)).await;
     }
 }

@@ -216,6 +216,32 @@ impl TargetError {
     }
 }
 
+/// Sends each line of `reader` (at most `max_line` bytes; a longer one comes
+/// in pieces) as `(stream, line)` to `out`, the shape [`Target::exec`]
+/// streams its output in, until the reader ends.
+pub async fn forward_lines<R: tokio::io::AsyncRead + Unpin>(
+    reader: R,
+    stream: &'static str,
+    max_line: u64,
+    out: tokio::sync::mpsc::Sender<(String, String)>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(max_line).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        // A receiver that went away only loses the output; the command still finishes.
+        let _ = out.send((stream.to_string(), text)).await;
+    }
+}
+
 /// A place where workloads run.
 #[async_trait]
 pub trait Target: Send + Sync {

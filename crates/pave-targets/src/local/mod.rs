@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -33,6 +33,9 @@ use state::{
     now_ms, read_json, read_pid_file, write_json_atomic, write_pid_file, ShimSpec, ShimStatus,
     DEFAULT_LOG_MAX_BYTES, SHIM_LOG, SHIM_PID_FILE, SPEC_FILE, STATUS_FILE, STDERR_LOG, STDOUT_LOG,
 };
+
+/// The longest line of an exec's output sent as one (a longer one comes in pieces).
+const LINE_MAX: u64 = 16 * 1024;
 
 const DESIRED_FILE: &str = "desired.json";
 /// Time a readiness probe may take.
@@ -658,23 +661,6 @@ impl FollowedFile {
     }
 }
 
-async fn forward<R: AsyncRead + Unpin>(reader: R, stream: &'static str, out: mpsc::Sender<(String, String)>) {
-    let mut reader = BufReader::new(reader);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader).take(16 * 1024).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&line)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        // A receiver that went away only loses the output; the command still finishes.
-        let _ = out.send((stream.to_string(), text)).await;
-    }
-}
-
 #[async_trait]
 impl Target for LocalTarget {
     async fn apply(&self, key: &WorkloadKey, spec: &WorkloadSpec) -> Result<WorkloadStatus, TargetError> {
@@ -853,11 +839,11 @@ impl Target for LocalTarget {
         let stdout = child
             .stdout
             .take()
-            .map(|s| tokio::spawn(forward(s, "stdout", out.clone())));
+            .map(|s| tokio::spawn(crate::forward_lines(s, "stdout", LINE_MAX, out.clone())));
         let stderr = child
             .stderr
             .take()
-            .map(|s| tokio::spawn(forward(s, "stderr", out.clone())));
+            .map(|s| tokio::spawn(crate::forward_lines(s, "stderr", LINE_MAX, out.clone())));
         let status = child
             .wait()
             .await
