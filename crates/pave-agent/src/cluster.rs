@@ -141,11 +141,6 @@ impl Cluster {
         })
     }
 
-    /// The workload driver.
-    pub fn target(&self) -> &KubeTarget {
-        &self.target
-    }
-
     fn set_namespace(&self, env: &str, namespace: String) {
         self.namespaces
             .write()
@@ -374,14 +369,13 @@ async fn discover(cluster: &Cluster) -> Outcome {
 /// before-state is its undo): credentials belong in the vault
 /// (`pave secrets set`), which workloads read through Secrets of their own.
 async fn refuse_secrets(objects: &Objects, payload: &CommandPayload) -> Option<Outcome> {
-    const WHY: &str =
-        "pave does not edit Secrets as objects (their values would be kept in its records as the \
-                       edit's undo): keep credentials in the vault with `pave secrets set`";
-    let is_secret = |kind: &str| kind.eq_ignore_ascii_case("secret") || kind.eq_ignore_ascii_case("secrets");
+    const WHY: &str = "pave does not edit Secrets as objects (their values would be kept in its records \
+                       as the edit's undo): keep credentials in the vault with `pave secrets set`";
     match payload {
+        // A kind that does not resolve fails on its own, with discovery's reason.
         CommandPayload::PatchObject { kind, .. } | CommandPayload::DeleteObject { kind, .. } => {
             let resolved = objects.resolve(kind).await.ok()?;
-            (resolved.resource.kind == "Secret" && resolved.resource.group.is_empty() || is_secret(kind))
+            (resolved.resource.kind == "Secret" && resolved.resource.group.is_empty())
                 .then(|| failed("invalid_input", WHY))
         }
         CommandPayload::ApplyObjects { yaml, .. } => {

@@ -437,26 +437,25 @@ pub(crate) async fn drift_sweep(engine: &Engine) {
         .filter(|e| clusters.contains(&e.target))
         .map(|e| e.name)
         .collect();
+    // A workload being changed is not drifting: its action is the change.
+    let running = pave_store::ActionFilter {
+        state: Some(pave_core::ActionState::Running),
+        limit: 10_000,
+        ..Default::default()
+    };
+    let Ok(running) = engine.store().list_actions(&running).await else {
+        return;
+    };
+    let busy: std::collections::BTreeSet<&str> = running
+        .iter()
+        .flat_map(|a| a.object.split(pave_core::plan::OBJECT_SEPARATOR))
+        .collect();
     for w in workloads
         .iter()
         .filter(|w| on_cluster.contains(&w.env) && w.current_revision.is_some())
     {
-        // A workload being changed is not drifting: its action is the change.
         let object = format!("workload/{}/{}", w.env, w.name);
-        let running = pave_store::ActionFilter {
-            env: Some(w.env.clone()),
-            state: Some(pave_core::ActionState::Running),
-            limit: 1000,
-            ..Default::default()
-        };
-        let busy = engine.store().list_actions(&running).await.map_or(true, |list| {
-            list.iter().any(|a| {
-                a.object
-                    .split(pave_core::plan::OBJECT_SEPARATOR)
-                    .any(|o| o == object)
-            })
-        });
-        if busy {
+        if busy.contains(object.as_str()) {
             continue;
         }
         let Ok(found) = engine.workload_drift(&w.env, &w.name).await else {
